@@ -1,0 +1,165 @@
+"""The engine: one loaded Qwen-1 chat model with its tokenizer, prompt builder and defaults.
+
+This is the public API every front end (UI, CLI, HTTP) consumes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import InputTooLong
+from .generation import ReplyResult, ReplyStream
+from .prompt import DEFAULT_SYSTEM, PromptBuilder, PromptPlan
+from .settings import GenerationSettings
+from .tokenizer import QwenTokenizer
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What is loaded, for the model panel and health endpoints."""
+
+    model_id: str
+    path: str
+    precision: str
+    dtype: str
+    device: str
+    device_map: dict
+    attn_implementation: str
+    n_params: int
+    weight_bytes: int
+    context_length: int  # longest prompt + reply the model handles
+    seq_length: int  # trained context
+    load_seconds: float
+
+
+class Engine:
+    """A loaded model. Build it with :func:`qwen_core.load_engine`."""
+
+    def __init__(self, model, tokenizer: QwenTokenizer, defaults: GenerationSettings, info: EngineInfo):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.defaults = defaults
+        self.info = info
+        self.prompts = PromptBuilder(tokenizer)
+        self.last_result: ReplyResult | None = None
+
+    # --- prompts -------------------------------------------------------------
+    def plan_prompt(
+        self,
+        query: str,
+        history: Sequence | None = None,
+        system: str | None = None,
+        max_window_size: int | None = None,
+        system_in_first_turn: bool = False,
+    ) -> PromptPlan:
+        """The prompt for ``query`` with what it keeps and drops (see :class:`PromptPlan`)."""
+        window = self.defaults.max_window_size if max_window_size is None else max_window_size
+        return self.prompts.plan(
+            query, history, DEFAULT_SYSTEM if system is None else system, window, system_in_first_turn
+        )
+
+    def build_prompt(
+        self, query: str, history: Sequence | None = None, system: str | None = None, max_window_size: int | None = None
+    ) -> list[int]:
+        """Token ids of Qwen's ChatML prompt, identical to the original ``make_context``."""
+        return self.plan_prompt(query, history, system, max_window_size).ids
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as message content."""
+        return len(self.tokenizer.encode(text))
+
+    # --- generation ----------------------------------------------------------
+    def settings(self, **gen) -> GenerationSettings:
+        """The checkpoint's defaults with ``gen`` applied and checked."""
+        return self.defaults.merged(**gen)
+
+    def stream_prompt(
+        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> ReplyStream:
+        """Stream a reply to ready prompt ids (the lowest level every other call goes through)."""
+        limit = self.info.context_length
+        if len(prompt_ids) >= limit:
+            raise InputTooLong(
+                f"The prompt is {len(prompt_ids)} tokens but {self.info.model_id} handles at most {limit}. "
+                "Shorten the message, or lower max_window_size so fewer past turns are kept."
+            )
+        max_new = min(settings.max_new_tokens, limit - len(prompt_ids))
+        stream = ReplyStream(self.model, self.tokenizer, prompt_ids, settings, max_new, cancel)
+        self.last_result = stream.result
+        return stream
+
+    def stream_chat(
+        self,
+        query: str,
+        history: Sequence | None = None,
+        system: str | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        system_in_first_turn: bool = False,
+        **gen,
+    ) -> ReplyStream:
+        """Stream the reply to ``query`` as text pieces.
+
+        ``gen``: do_sample, temperature, top_p, top_k, repetition_penalty,
+        max_new_tokens, seed, max_window_size. The returned stream's ``result``
+        says why it ended, with token counts and speed, once it is exhausted.
+        """
+        settings = self.settings(**gen)
+        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn)
+        return self.stream_prompt(plan.ids, settings, cancel)
+
+    def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen) -> str:
+        """The whole reply, stripped as Qwen's ``chat()`` strips it."""
+        with self.stream_chat(query, history, system, **gen) as stream:
+            return stream.text().strip()
+
+    def stream_messages(self, messages: Sequence[dict], *, cancel: threading.Event | None = None, **gen) -> ReplyStream:
+        """Stream a reply to OpenAI-style messages (system?, then user/assistant pairs, ending with user)."""
+        system, history, query = split_messages(messages)
+        return self.stream_chat(query, history, system, cancel=cancel, **gen)
+
+    def unload(self) -> None:
+        """Drop the weights (for switching variants); the engine is unusable afterwards."""
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def split_messages(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str]:
+    """``[{"role", "content"}, ...]`` → (system, history pairs, query), checking the order of roles."""
+    msgs = list(messages)
+    system = DEFAULT_SYSTEM
+    if msgs and msgs[0].get("role") == "system":
+        system = str(msgs.pop(0).get("content") or "")
+    if not msgs or msgs[-1].get("role") != "user":
+        raise ValueError("the last message must come from the user")
+    *past, last = msgs
+    history: list[tuple[str, str]] = []
+    pending: str | None = None
+    for i, msg in enumerate(past):
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be text")
+        if role == "user":
+            if pending is not None:  # two user turns in a row: join them, as a person would read them
+                pending += "\n\n" + content
+            else:
+                pending = content
+        elif role == "assistant":
+            history.append((pending or "", content))
+            pending = None
+        else:
+            raise ValueError(f"messages[{i}].role must be 'user' or 'assistant' (a system message may only come first)")
+    query = last.get("content")
+    if not isinstance(query, str):
+        raise ValueError("the last message's content must be text")
+    if pending is not None:
+        query = pending + "\n\n" + query
+    return system, history, query

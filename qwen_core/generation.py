@@ -1,0 +1,297 @@
+"""Streaming generation: ``model.generate`` in a worker thread feeding a ``TextIteratorStreamer``.
+
+The consumer iterates a :class:`ReplyStream`. Cancellation is a ``threading.Event``
+read by a ``StoppingCriteria`` before every token; closing the stream sets it and
+joins the worker, whose exception (if any) is raised to the consumer.
+"""
+
+from __future__ import annotations
+
+import codecs
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .errors import GenerationError
+from .settings import GenerationSettings
+from .tokenizer import QwenTokenizer
+
+
+@dataclass
+class ReplyResult:
+    """How a finished reply ended and what it cost."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seed: int | None = None
+    time_to_first_token_s: float | None = None
+    elapsed_s: float = 0.0
+    token_ids: list[int] = field(default_factory=list)  # generated ids, the stop token included
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed after the first token."""
+        if self.time_to_first_token_s is None or self.completion_tokens < 2:
+            return None
+        decode = self.elapsed_s - self.time_to_first_token_s
+        return (self.completion_tokens - 1) / decode if decode > 0 else None
+
+
+class CancelCriteria(StoppingCriteria):
+    """Stops every row as soon as the event is set (checked once per generated token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class SuppressPaddedVocab(LogitsProcessor):
+    """Never pick the padded vocabulary ids (>= 151851) that no tokenizer can decode."""
+
+    def __init__(self, n_valid: int):
+        self.n_valid = n_valid
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.n_valid :] = -float("inf")
+        return scores
+
+
+class SeededSampler(LogitsProcessor):
+    """Draws the next token with its own ``torch.Generator`` and leaves only it selectable.
+
+    ``generate`` has no per-call generator; sampling here and letting greedy selection
+    take the drawn token makes seeded replies reproducible even when several replies
+    run at once (the global RNG would interleave them).
+    """
+
+    def __init__(self, seed: int, device: torch.device):
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        chosen = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        out = torch.full_like(scores, -float("inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+def logits_processors(settings: GenerationSettings, n_valid: int, seed: int, device) -> LogitsProcessorList:
+    """Qwen's order: repetition penalty, then temperature, top-k, top-p, then the draw."""
+    procs = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    procs.append(SuppressPaddedVocab(n_valid))
+    if not settings.greedy:
+        if settings.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k > 0:
+            procs.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            procs.append(TopPLogitsWarper(settings.top_p))
+        procs.append(SeededSampler(seed, device))
+    return procs
+
+
+class QwenStreamer(TextIteratorStreamer):
+    """A ``TextIteratorStreamer`` that decodes each token once, holding back partial UTF-8.
+
+    The stock streamer re-decodes the whole line on every token; this one feeds each
+    token's bytes to an incremental UTF-8 decoder, so a piece never ends mid-character
+    and the cost per token is constant. Stop tokens are not shown; ``<|extra_N|>``
+    tokens appear as their text, as the original ``chat()`` shows them.
+    """
+
+    def __init__(self, tokenizer: QwenTokenizer, stop_ids, timeout: float | None = None):
+        super().__init__(tokenizer, skip_prompt=True, timeout=timeout)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = frozenset(stop_ids)
+        self.token_ids: list[int] = []
+        self.first_token_at: float | None = None
+        self.stopped_on: int | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        """Receive new token ids from ``generate`` (the prompt first, which is skipped)."""
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        if self.stopped_on is not None:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        pieces = []
+        for token in value.reshape(-1).tolist():
+            self.token_ids.append(token)
+            if token in self._stops:
+                self.stopped_on = token
+                break
+            pieces.append(self._decoder.decode(self.tokenizer.token_bytes(token)))
+        text = "".join(pieces)
+        if text:
+            self.on_finalized_text(text)
+
+    def end(self) -> None:
+        """Flush a trailing partial character (as U+FFFD, like the original's errors='replace')."""
+        tail = self._decoder.decode(b"", final=True)
+        self.on_finalized_text(tail, stream_end=True)
+
+
+class ReplyStream(Iterator[str]):
+    """An iterator of text pieces of one reply; ``result`` is filled when it ends.
+
+    Close it (or use it as a context manager) to stop early: the worker is cancelled
+    within one token and joined.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer: QwenTokenizer,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        max_new_tokens: int,
+        cancel: threading.Event | None = None,
+        lock: threading.Lock | None = None,
+    ):
+        self.cancel_event = cancel or threading.Event()
+        self.result = ReplyResult(prompt_tokens=len(prompt_ids))
+        self._settings = settings
+        self._max_new = max_new_tokens
+        self._streamer = QwenStreamer(tokenizer, tokenizer.stop_ids)
+        self._error: BaseException | None = None
+        self._pieces: list[str] = []
+        self._done = False
+        self._started = time.perf_counter()
+        seed = settings.seed if settings.seed is not None else secrets.randbits(63)
+        self.result.seed = None if settings.greedy else seed
+        device = model.get_input_embeddings().weight.device
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=GenerationConfig(
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=list(tokenizer.stop_ids),
+                pad_token_id=tokenizer.eod_id,
+                use_cache=True,
+            ),
+            logits_processor=logits_processors(settings, len(tokenizer), seed, device),
+            stopping_criteria=StoppingCriteriaList([CancelCriteria(self.cancel_event)]),
+            streamer=self._streamer,
+        )
+        self._thread = threading.Thread(target=self._work, args=(model, kwargs, lock), daemon=True, name="qwen-generate")
+        self._thread.start()
+
+    def _work(self, model, kwargs, lock) -> None:
+        try:
+            if lock is not None:
+                with lock:
+                    model.generate(**kwargs)
+            else:
+                model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            self._error = exc
+            self._streamer.end()
+
+    def __iter__(self) -> ReplyStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._done:
+            raise StopIteration
+        try:
+            while True:
+                piece = self._streamer.__next__()
+                if piece:
+                    self._pieces.append(piece)
+                    return piece
+        except StopIteration:
+            self._finish()
+            raise
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._thread.join()
+        res, streamer = self.result, self._streamer
+        res.text = "".join(self._pieces)
+        res.token_ids = streamer.token_ids
+        res.completion_tokens = len(streamer.token_ids)
+        res.elapsed_s = time.perf_counter() - self._started
+        if streamer.first_token_at is not None:
+            res.time_to_first_token_s = streamer.first_token_at - self._started
+        if self._error is not None:
+            res.finish_reason = "error"
+            friendly = _user_facing(self._error)
+            if friendly is self._error:
+                raise self._error
+            raise friendly from self._error
+        if streamer.stopped_on is not None:
+            res.finish_reason = "stop"
+        elif self.cancel_event.is_set():
+            res.finish_reason = "cancelled"
+        else:
+            res.finish_reason = "length"  # max_new_tokens, or the model's context, ran out
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; it does so before the next token."""
+        self.cancel_event.set()
+
+    def close(self) -> None:
+        """Cancel, wait for the worker to end, and drain; safe to call twice."""
+        if self._done:
+            return
+        self.cancel_event.set()
+        try:
+            for _ in self:
+                pass
+        except Exception:  # noqa: BLE001 - closing: the error is in result.finish_reason
+            pass
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Never join from a finaliser; just make sure the worker stops soon.
+        if not getattr(self, "_done", True):
+            self.cancel_event.set()
+
+    def text(self) -> str:
+        """Consume the rest and return the whole reply text (unstripped)."""
+        for _ in self:
+            pass
+        return self.result.text
+
+
+def _user_facing(exc: BaseException) -> BaseException:
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return GenerationError(
+            "The model ran out of memory while generating this reply. Shorten the conversation "
+            "(lower max_window_size), lower max_new_tokens, or load a smaller or quantized variant."
+        )
+    return exc

@@ -1,0 +1,116 @@
+"""``load_engine``: from a folder or hub id to a ready :class:`~qwen_core.engine.Engine`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .checkpoint import CheckpointInfo, inspect_checkpoint, resolve_checkpoint
+from .engine import Engine, EngineInfo
+from .errors import CheckpointError
+from .placement import Placement, plan_placement
+from .settings import GenerationSettings
+from .tokenizer import VOCAB_FILE, QwenTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(
+    model: str,
+    precision: str = "auto",
+    device: str = "auto",
+    *,
+    source: str = "huggingface",
+    cache_dir: str | Path | None = None,
+    offline: bool = False,
+    attention: str = "auto",
+    progress: Callable[[float, str], None] | None = None,
+) -> Engine:
+    """Load a Qwen-1 chat checkpoint onto transformers' Qwen2 implementation.
+
+    ``model`` is a folder or a hub id (``Qwen/Qwen-7B-Chat``; with ``source="modelscope"``,
+    ``qwen/Qwen-7B-Chat``). ``precision``: auto, fp32, bf16, fp16, int8, int4.
+    ``device``: auto, cpu, cuda, cuda:N. Impossible combinations raise
+    :class:`~qwen_core.errors.UnsupportedCombination` before any weight is read.
+    No code from the checkpoint is ever executed.
+    """
+    report = progress or (lambda fraction, message: None)
+    started = time.perf_counter()
+    report(0.0, f"Locating {model}")
+    path = resolve_checkpoint(model, source=source, cache_dir=cache_dir, offline=offline)
+    ckpt = inspect_checkpoint(path)
+    tokenizer = QwenTokenizer(path / VOCAB_FILE)
+    placement = plan_placement(ckpt, precision, device, model_id=model, attention=attention)
+    report(0.1, f"Loading {path.name} as {placement.precision} on {placement.device}")
+    hf_model = _load_model(ckpt, placement)
+    report(1.0, "Ready")
+    defaults = GenerationSettings.from_generation_config(ckpt.generation_config)
+    config = hf_model.config
+    device_map = dict(getattr(hf_model, "hf_device_map", None) or {"": placement.device})
+    info = EngineInfo(
+        model_id=model,
+        path=str(path),
+        precision=placement.precision,
+        dtype=str(placement.dtype).removeprefix("torch."),
+        device=placement.device,
+        device_map={k: str(v) for k, v in device_map.items()},
+        attn_implementation=config._attn_implementation,
+        n_params=ckpt.n_params,
+        weight_bytes=ckpt.weight_bytes,
+        context_length=config.max_position_embeddings,
+        seq_length=config.qwen_seq_length,
+        load_seconds=time.perf_counter() - started,
+    )
+    return Engine(hf_model, tokenizer, defaults, info)
+
+
+def _load_model(ckpt: CheckpointInfo, placement: Placement):
+    from .modeling import QwenV1ForCausalLM, qwen2_config_from_qwen
+
+    config = qwen2_config_from_qwen(ckpt.config, placement.dtype)
+    if ckpt.is_gptq:
+        config.quantization_config = _gptq_config(ckpt, placement)
+    model, loading = QwenV1ForCausalLM.from_pretrained(
+        str(ckpt.path),
+        config=config,
+        dtype=placement.dtype,
+        device_map=placement.device_map,
+        attn_implementation=placement.attn_implementation,
+        use_safetensors=True,
+        output_loading_info=True,
+    )
+    missing = sorted(k for k in loading.get("missing_keys", ()) if "rotary" not in k)
+    if missing:
+        raise CheckpointError(
+            f"{ckpt.path} lacks {len(missing)} weights the model needs (e.g. {', '.join(missing[:3])}): "
+            "the checkpoint is incomplete or not a Qwen-1 chat model. Download it again."
+        )
+    mismatched = loading.get("mismatched_keys") or []
+    if mismatched:
+        raise CheckpointError(f"{ckpt.path}: weights with unexpected shapes: {list(mismatched)[:3]}")
+    # The folder's generation_config.json carries Qwen's sampling fields; the engine passes
+    # its own settings per call, so the model keeps only what generate() must know.
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(eos_token_id=[151645, 151644, 151643], pad_token_id=151643)
+    model.eval()
+    return model
+
+
+def _gptq_config(ckpt: CheckpointInfo, placement: Placement) -> dict:
+    q = dict(ckpt.quantize_config)
+    q.update(ckpt.config.get("quantization_config") or {})
+    return {
+        "quant_method": "gptq",
+        "bits": int(q.get("bits", ckpt.quant_bits)),
+        "group_size": int(q.get("group_size", 128)),
+        "desc_act": bool(q.get("desc_act", False)),
+        "sym": bool(q.get("sym", True)),
+        "damp_percent": float(q.get("damp_percent", 0.01)),
+        "true_sequential": bool(q.get("true_sequential", True)),
+        "static_groups": bool(q.get("static_groups", False)),
+        # Qwen's checkpoints were written by auto-gptq: v1 zero points (stored = real - 1).
+        "checkpoint_format": q.get("checkpoint_format", "gptq"),
+    }
