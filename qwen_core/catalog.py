@@ -91,9 +91,10 @@ class Recommendation:
     reason: str
 
 
-# Headroom on top of the published 2048-token peak: longer chats grow the KV cache
-# (7B BF16: 16.99 GB at 2K, 22.53 GB at 8K), and the CUDA context takes ~0.5 GB.
-HEADROOM = 1.15
+# Headroom on top of the published 2048-token peak (which already includes the CUDA
+# context). Longer chats grow the KV cache (7B BF16: 16.99 GB at 2K, 22.53 GB at 8K);
+# the reason says how much is left for it.
+HEADROOM = 1.05
 
 
 def fits(variant: Variant, gpus: list[GpuInfo]) -> bool:
@@ -123,7 +124,11 @@ def recommend(gpus: list[GpuInfo], cpu_available_bytes: int | None = None) -> Re
     for v in ranked:
         if fits(v, gpus):
             skipped = [r.name for r in ranked[: ranked.index(v)] if r.size == v.size]
-            why = f"{v.name} needs about {v.peak_gb:.1f} GB (+15% for longer chats); {len(gpus)} GPU(s) have {total_free:.1f} GB free."
+            spare = total_free - v.peak_gb
+            why = (
+                f"{v.name} needs about {v.peak_gb:.1f} GB for a 2K-token chat; {len(gpus)} GPU(s) have "
+                f"{total_free:.1f} GB free, leaving {spare:.1f} GB for the KV cache of longer chats."
+            )
             if skipped:
                 why += f" {', '.join(skipped)} would not fit."
             return Recommendation(v, "cuda", why)
@@ -137,7 +142,11 @@ def recommend(gpus: list[GpuInfo], cpu_available_bytes: int | None = None) -> Re
 
 def nearest_fitting(variant: Variant, gpus: list[GpuInfo]) -> Variant | None:
     """The closest variant to ``variant`` that fits: same size at lower precision, then smaller sizes."""
-    same_size = [v for v in VARIANTS if v.size == variant.size and _PRECISION_ORDER[v.precision] < _PRECISION_ORDER[variant.precision]]
+    same_size = [
+        v
+        for v in VARIANTS
+        if v.size == variant.size and _PRECISION_ORDER[v.precision] < _PRECISION_ORDER[variant.precision]
+    ]
     smaller = [v for v in VARIANTS if _SIZE_ORDER[v.size] < _SIZE_ORDER[variant.size]]
     smaller.sort(key=lambda v: (_SIZE_ORDER[v.size], _PRECISION_ORDER[v.precision]), reverse=True)
     for v in sorted(same_size, key=lambda v: _PRECISION_ORDER[v.precision], reverse=True) + smaller:

@@ -119,7 +119,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     n_params = weight_bytes = 0
     dtype_bytes: dict[str, int] = {}
     for file in files:
-        for name, meta in _safetensors_header(file).items():
+        for meta in _safetensors_header(file).values():
             count = 1
             for dim in meta.get("shape", []):
                 count *= int(dim)
@@ -202,7 +202,7 @@ def _from_huggingface(model: str, cache_dir, offline: bool, revision) -> Path:
             raise _not_found(model, where, "offline mode is on") from None
     try:
         return Path(snapshot_download(model, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir, revision=revision))
-    except Exception as exc:  # noqa: BLE001 - network, auth and 404 errors all end here
+    except Exception as exc:
         raise _not_found(model, where, f"the Hugging Face Hub can't be reached ({type(exc).__name__})") from exc
 
 
@@ -223,5 +223,7 @@ def _from_modelscope(model: str, cache_dir, offline: bool, revision) -> Path:
                 local_files_only=offline,
             )
         )
-    except Exception as exc:  # noqa: BLE001
-        raise _not_found(model, str(cache_dir or "~/.cache/modelscope"), f"ModelScope can't be reached ({exc})") from exc
+    except Exception as exc:
+        raise _not_found(
+            model, str(cache_dir or "~/.cache/modelscope"), f"ModelScope can't be reached ({exc})"
+        ) from exc

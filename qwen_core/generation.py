@@ -177,7 +177,6 @@ class ReplyStream(Iterator[str]):
         self._settings = settings
         self._max_new = max_new_tokens
         self._streamer = QwenStreamer(tokenizer, tokenizer.stop_ids)
-        self._error: BaseException | None = None
         self._pieces: list[str] = []
         self._done = False
         self._started = time.perf_counter()
@@ -200,19 +199,16 @@ class ReplyStream(Iterator[str]):
             stopping_criteria=StoppingCriteriaList([CancelCriteria(self.cancel_event)]),
             streamer=self._streamer,
         )
-        self._thread = threading.Thread(target=self._work, args=(model, kwargs, lock), daemon=True, name="qwen-generate")
+        # The worker gets no reference to this object, so an abandoned stream is
+        # collected and its finaliser cancels the worker.
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=_run_generate,
+            args=(model, kwargs, lock, self._streamer, self._errors),
+            daemon=True,
+            name="qwen-generate",
+        )
         self._thread.start()
-
-    def _work(self, model, kwargs, lock) -> None:
-        try:
-            if lock is not None:
-                with lock:
-                    model.generate(**kwargs)
-            else:
-                model.generate(**kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-            self._error = exc
-            self._streamer.end()
 
     def __iter__(self) -> ReplyStream:
         return self
@@ -242,12 +238,13 @@ class ReplyStream(Iterator[str]):
         res.elapsed_s = time.perf_counter() - self._started
         if streamer.first_token_at is not None:
             res.time_to_first_token_s = streamer.first_token_at - self._started
-        if self._error is not None:
+        if self._errors:
             res.finish_reason = "error"
-            friendly = _user_facing(self._error)
-            if friendly is self._error:
-                raise self._error
-            raise friendly from self._error
+            error = self._errors[0]
+            friendly = _user_facing(error)
+            if friendly is error:
+                raise error
+            raise friendly from error
         if streamer.stopped_on is not None:
             res.finish_reason = "stop"
         elif self.cancel_event.is_set():
@@ -286,6 +283,19 @@ class ReplyStream(Iterator[str]):
         for _ in self:
             pass
         return self.result.text
+
+
+def _run_generate(model, kwargs: dict, lock, streamer: QwenStreamer, errors: list) -> None:
+    """Worker body: generate, and on failure hand the exception over and end the stream."""
+    try:
+        if lock is not None:
+            with lock:
+                model.generate(**kwargs)
+        else:
+            model.generate(**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+        errors.append(exc)
+        streamer.end()
 
 
 def _user_facing(exc: BaseException) -> BaseException:

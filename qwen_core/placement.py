@@ -17,8 +17,10 @@ from .errors import UnsupportedCombination
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-# Loading + a first 2K-token reply need a little more than the weights.
-RUNTIME_OVERHEAD = 1.2
+# Loading + a first 2K-token reply need a little more than the weights: Qwen's published
+# peaks are weights + 0.5 GB (1.8B) to + 1.6 GB (7B); 72B BF16 peaks at 144.69 GB.
+RUNTIME_OVERHEAD = 1.02
+RUNTIME_EXTRA_BYTES = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ def gptq_backend_available() -> bool:
 
 def flash_attention_available(gpus: list[GpuInfo]) -> bool:
     """FlashAttention-2 needs the package and an Ampere-or-newer GPU."""
-    return bool(gpus) and importlib.util.find_spec("flash_attn") is not None and min(g.capability for g in gpus) >= (8, 0)
+    return (
+        bool(gpus) and importlib.util.find_spec("flash_attn") is not None and min(g.capability for g in gpus) >= (8, 0)
+    )
 
 
 def _resolve_device(device: str, gpus: list[GpuInfo]) -> tuple[str, list[GpuInfo]]:
@@ -130,7 +134,7 @@ def _fp_precision(ckpt: CheckpointInfo, precision: str, device: str, gpus: list[
             wanted = "bf16" if ckpt.stored_dtype == "bf16" and cpu_has_fast_bf16() else "fp32"
             # fp32 doubles a bf16 checkpoint; fall back to bf16 rather than run out of RAM.
             if wanted == "fp32" and ckpt.stored_dtype != "fp32":
-                if ckpt.n_params * 4 * RUNTIME_OVERHEAD > cpu_available_bytes():
+                if ckpt.n_params * 4 * RUNTIME_OVERHEAD + RUNTIME_EXTRA_BYTES > cpu_available_bytes():
                     wanted = "bf16"
             return wanted
         return precision
@@ -151,7 +155,7 @@ def _check_memory(ckpt: CheckpointInfo, precision: str, device: str, gpus: list[
         need = ckpt.n_params * _BYTES[precision]
     else:
         need = ckpt.weight_bytes  # GPTQ runs at its stored size
-    need = int(need * RUNTIME_OVERHEAD)
+    need = int(need * RUNTIME_OVERHEAD + RUNTIME_EXTRA_BYTES)
     if device == "cpu":
         have, where = cpu_available_bytes(), "RAM available"
     else:

@@ -112,9 +112,7 @@ class PromptBuilder:
             kept = [i for turn in kept_turns for i in self._turn(*turn)]
         elif persona:
             query = persona + query
-        tail = (
-            self._nl + self._segment("user", query) + self._nl + self._start + self._role_ids["assistant"] + self._nl
-        )
+        tail = self._nl + self._segment("user", query) + self._nl + self._start + self._role_ids["assistant"] + self._nl
         text = f"{IM_START}system\n{system}{IM_END}"
         for user, assistant in kept_turns:
             text += f"\n{IM_START}user\n{user}{IM_END}\n"

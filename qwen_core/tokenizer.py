@@ -31,24 +31,24 @@ IM_END = "<|im_end|>"
 N_EXTRA = 205
 N_RANKS = 151_643  # ranks in every published qwen.tiktoken
 SPECIAL_START = N_RANKS
-SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END) + tuple(
-    f"<|extra_{i}|>" for i in range(N_EXTRA)
-)
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END) + tuple(f"<|extra_{i}|>" for i in range(N_EXTRA))
 
 
 def load_ranks(path: Path) -> dict[bytes, int]:
     """Read a ``qwen.tiktoken`` file (``base64-token rank`` per line), checking its shape."""
     ranks: dict[bytes, int] = {}
+    lineno = 0
     try:
         with open(path, "rb") as fh:
-            for lineno, line in enumerate(fh, 1):
+            for line in fh:
+                lineno += 1  # reported on a bad line
                 if not line.strip():
                     continue
                 token, _, rank = line.partition(b" ")
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
     except (OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path} is not a valid Qwen vocabulary file ({exc}). "
+            f"{path} is not a valid Qwen vocabulary file (line {lineno}: {exc}). "
             "Copy qwen.tiktoken from the original checkpoint repository into the checkpoint folder."
         ) from exc
     if len(ranks) != N_RANKS or sorted(ranks.values()) != list(range(N_RANKS)):

@@ -156,7 +156,9 @@ def write_checkpoint(
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (folder / "config.json").write_text(json.dumps(config_json(shape, dtype), indent=2))
     (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 8192, "tokenizer_class": "QWenTokenizer"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 8192, "tokenizer_class": "QWenTokenizer"})
+    )
     shutil.copyfile(qwen_vocab_file(), folder / "qwen.tiktoken")
     # The published repos ship remote code; a file that would fail loudly if ever executed.
     (folder / "modeling_qwen.py").write_text("raise RuntimeError('checkpoint code must never be executed')\n")

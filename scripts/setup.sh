@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned dependencies (idempotent). Usage: scripts/setup.sh [--dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=".venv/.installed-$(cat requirements*.txt | sha1sum | cut -c1-12)${1:-}"
+if [ ! -f "$stamp" ]; then
+  python -m pip install -q --upgrade pip
+  # torch alone first, pinned, so nothing later can pull a CUDA build.
+  python -m pip install -q "torch==2.13.0"
+  if [ "${1:-}" = "--dev" ]; then
+    python -m pip install -q -r requirements.txt -r requirements-dev.txt
+  else
+    python -m pip install -q -r requirements.txt
+  fi
+  touch "$stamp"
+fi

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set everything up and run the whole test suite (what CI runs). Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+. .venv/bin/activate
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # Browser tests drive Debian's Chromium; nothing downloads a browser of its own.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "warning: could not install chromium; browser tests will be skipped" >&2
+fi
+ruff check .
+ruff format --check .
+python -m pytest -q "$@"

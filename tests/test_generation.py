@@ -1,0 +1,240 @@
+"""Streaming generation: joins to chat(), stops, cancels within a token, surfaces worker errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from qwen1_checkpoint import Shape, write_checkpoint
+from safetensors.torch import load_file, save_file
+
+from qwen_core import GenerationError, InputTooLong, load_engine
+from qwen_core.generation import QwenStreamer
+
+
+def _boost_token(folder, token_id: int):
+    """Make ``token_id`` the model's certain choice.
+
+    Every embedding gets a large constant feature in dimension 0, which dominates the
+    residual stream through the small random layers; the boosted lm_head row reads it.
+    """
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["transformer.wte.weight"][:, 0] = 100.0
+    tensors["transformer.ln_f.weight"][:] = 1.0
+    tensors["lm_head.weight"][token_id] = 0.0
+    tensors["lm_head.weight"][token_id, 0] = 50.0
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def test_stream_joins_to_chat(engine):
+    kw = dict(do_sample=False, max_new_tokens=40)
+    stream = engine.stream_chat("Write a poem about the sea.", history=[("hi", "hello")], **kw)
+    pieces = list(stream)
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == engine.chat("Write a poem about the sea.", history=[("hi", "hello")], **kw)
+    res = stream.result
+    assert res.finish_reason in ("length", "stop")
+    assert res.prompt_tokens == len(engine.build_prompt("Write a poem about the sea.", history=[("hi", "hello")]))
+    assert res.completion_tokens == len(res.token_ids) > 0
+    assert res.time_to_first_token_s is not None and res.elapsed_s >= res.time_to_first_token_s
+
+
+def test_streamed_text_equals_full_decode(engine):
+    stream = engine.stream_chat("Chinese poetry please", do_sample=False, max_new_tokens=120)
+    text = "".join(stream)
+    ids = [i for i in stream.result.token_ids if i not in engine.tokenizer.stop_ids]
+    assert text == engine.tokenizer.decode(ids)
+
+
+def test_streamer_never_splits_a_character(tokenizer):
+    streamer = QwenStreamer(tokenizer, tokenizer.stop_ids)
+    streamer.put(torch.tensor([0]))  # the prompt, skipped
+    for token in tokenizer.encode("我爱🎉emoji👩‍👩‍👧"):
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    pieces = list(streamer)
+    assert "".join(pieces) == "我爱🎉emoji👩‍👩‍👧"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+@pytest.mark.parametrize("stop", [151645, 151644, 151643])
+def test_stop_tokens_end_the_reply_and_never_show(tmp_path, stop):
+    folder = write_checkpoint(tmp_path / "stopper", Shape(), "float32")
+    _boost_token(folder, stop)
+    eng = load_engine(str(folder), device="cpu")
+    stream = eng.stream_chat("Hi", do_sample=False, max_new_tokens=50)
+    text = "".join(stream)
+    assert stream.result.finish_reason == "stop"
+    assert stream.result.token_ids == [stop]
+    assert text == "" and "<|" not in text
+
+
+def test_padded_vocabulary_is_never_sampled(tmp_path):
+    folder = write_checkpoint(tmp_path / "padded", Shape(), "float32")
+    _boost_token(folder, 151900)  # a padded id no tokenizer can decode
+    eng = load_engine(str(folder), device="cpu")
+    for kw in (dict(do_sample=False), dict(do_sample=True, seed=3, top_p=1.0, temperature=1.0)):
+        stream = eng.stream_chat("Hi", max_new_tokens=20, **kw)
+        "".join(stream)
+        assert max(stream.result.token_ids) < 151851
+
+
+def test_cancel_stops_within_a_token(engine):
+    stream = engine.stream_chat("Tell me everything.", do_sample=False, max_new_tokens=5000)
+    got = [next(stream) for _ in range(3)]
+    assert len(got) == 3
+    stream.close()
+    res = stream.result
+    assert res.finish_reason == "cancelled"
+    assert res.completion_tokens < 30  # stopped long before 5000
+    assert not stream._thread.is_alive()
+
+
+def test_external_cancel_event(engine):
+    cancel = threading.Event()
+    stream = engine.stream_chat("Go on and on.", do_sample=False, max_new_tokens=5000, cancel=cancel)
+    next(stream)
+    threading.Timer(0.05, cancel.set).start()
+    rest = list(stream)
+    assert stream.result.finish_reason == "cancelled"
+    assert stream.result.completion_tokens < 5000
+    assert isinstance(rest, list)
+
+
+def test_abandoned_stream_stops_its_worker(engine):
+    stream = engine.stream_chat("Talk.", do_sample=False, max_new_tokens=5000)
+    next(stream)
+    thread = stream._thread
+    del stream  # the consumer went away without closing
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_worker_exception_reaches_consumer_and_engine_survives(engine):
+    calls = {"n": 0}
+
+    def explode(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("injected failure in layer 0")
+        return output
+
+    handle = engine.model.model.layers[0].mlp.register_forward_hook(explode)
+    try:
+        stream = engine.stream_chat("Hi", do_sample=False, max_new_tokens=50)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            list(stream)
+        assert stream.result.finish_reason == "error"
+        assert not stream._thread.is_alive()
+    finally:
+        handle.remove()
+    assert engine.chat("Hi", do_sample=False, max_new_tokens=5)  # still usable
+
+
+def test_out_of_memory_becomes_a_clear_error(engine):
+    def oom(module, args, output):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = engine.model.model.layers[1].register_forward_hook(oom)
+    try:
+        with pytest.raises(GenerationError, match="ran out of memory.*smaller or quantized"):
+            engine.chat("Hi", max_new_tokens=5)
+    finally:
+        handle.remove()
+    assert engine.chat("Hi", do_sample=False, max_new_tokens=3) is not None
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    kw = dict(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=30)
+    a = engine.stream_chat("Surprise me", seed=1234, **kw)
+    text_a = "".join(a)
+    assert a.result.seed == 1234
+    assert engine.chat("Surprise me", seed=1234, **kw) == text_a.strip()
+    others = {engine.chat("Surprise me", seed=s, **kw) for s in range(5, 9)}
+    assert len(others) > 1
+
+
+def test_concurrent_seeded_replies_do_not_interfere(engine):
+    kw = dict(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=25)
+    solo = {s: engine.chat("Story", seed=s, **kw) for s in (11, 12, 13)}
+    out: dict[int, str] = {}
+    threads = [
+        threading.Thread(target=lambda s=s: out.__setitem__(s, engine.chat("Story", seed=s, **kw))) for s in solo
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out == solo
+
+
+def test_temperature_zero_is_greedy(engine):
+    assert engine.chat("Hello", temperature=0.0, max_new_tokens=15) == engine.chat(
+        "Hello", do_sample=False, max_new_tokens=15
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=float("nan")),
+        dict(temperature=-1),
+        dict(top_p=1.5),
+        dict(top_p=0),
+        dict(top_k=-3),
+        dict(max_new_tokens=0),
+        dict(repetition_penalty=float("inf")),
+        dict(seed=-1),
+        dict(max_window_size=0),
+        dict(nonsense=1),
+    ],
+)
+def test_bad_settings_are_refused(engine, bad):
+    with pytest.raises(ValueError):
+        engine.stream_chat("Hi", **bad)
+
+
+def test_defaults_come_from_generation_config(engine):
+    d = engine.defaults
+    assert (d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens, d.max_window_size) == (0.8, 0, 1.1, 512, 6144)
+    assert d.do_sample is True
+
+
+def test_too_long_input_is_refused(tmp_path):
+    folder = write_checkpoint(tmp_path / "short", Shape(seq_length=64, use_dynamic_ntk=False, use_logn_attn=False))
+    eng = load_engine(str(folder), device="cpu")
+    assert eng.info.context_length == 64
+    with pytest.raises(InputTooLong, match="handles at most 64"):
+        eng.chat("word " * 100)
+    stream = eng.stream_chat("hi", do_sample=False, max_new_tokens=500)
+    "".join(stream)
+    assert stream.result.prompt_tokens + stream.result.completion_tokens <= 64
+    assert stream.result.finish_reason in ("length", "stop")
+
+
+def test_messages_form(engine):
+    msgs = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+    ]
+    stream = engine.stream_messages(msgs, do_sample=False, max_new_tokens=10)
+    text = "".join(stream)
+    assert text.strip() == engine.chat(
+        "bye", history=[("hi", "hello")], system="Be terse.", do_sample=False, max_new_tokens=10
+    )
+    with pytest.raises(ValueError, match="last message"):
+        engine.stream_messages([{"role": "assistant", "content": "x"}])
+
+
+def test_first_token_is_fast_relative_to_reply(engine):
+    started = time.perf_counter()
+    stream = engine.stream_chat("Hi", do_sample=False, max_new_tokens=60)
+    next(stream)
+    first = time.perf_counter() - started
+    stream.close()
+    assert stream.result.time_to_first_token_s <= first + 0.5
