@@ -252,6 +252,11 @@ class ReplyStream(Iterator[str]):
         else:
             res.finish_reason = "length"  # max_new_tokens, or the model's context, ran out
 
+    @property
+    def tokens_so_far(self) -> int:
+        """Tokens generated up to now (the stop token included)."""
+        return len(self._streamer.token_ids)
+
     def cancel(self) -> None:
         """Ask the worker to stop; it does so before the next token."""
         self.cancel_event.set()

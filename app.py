@@ -1,0 +1,181 @@
+"""Start the Qwen chat app: ``python app.py --model PATH_OR_HUB_ID [options]``.
+
+Every flag can also come from an environment variable (``QWEN_MODEL``, ``QWEN_PORT``, …;
+``PORT`` too, for Spaces-style hosts). Configuration is read here, once; nothing below
+this file reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("qwen_chat")
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything the app is started with; bounds checked in ``__post_init__``."""
+
+    model: str | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    source: str = "huggingface"
+    offline: bool = False
+    cache_dir: str | None = None
+    data_dir: str = "data"
+    models: tuple[str, ...] = ()  # more variants to switch to at run time
+    server_history: bool = False
+    concurrency: int = 4
+    max_message_chars: int = 64_000
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError("--port must be between 1 and 65535")
+        if self.source not in ("huggingface", "modelscope"):
+            raise ValueError("--source must be huggingface or modelscope")
+        if not 1 <= self.concurrency <= 256:
+            raise ValueError("--concurrency must be between 1 and 256")
+        if not 1 <= self.max_message_chars <= 10_000_000:
+            raise ValueError("--max-message-chars must be between 1 and 10,000,000")
+
+
+def _env(name: str, default=None):
+    return os.environ.get(f"QWEN_{name}", default)
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _parse_auth(value: str | None) -> tuple[tuple[str, str], ...]:
+    """``user:pass[,user2:pass2]`` or ``@file`` with one ``user:pass`` per line."""
+    if not value:
+        return ()
+    if value.startswith("@"):
+        value = ",".join(line.strip() for line in Path(value[1:]).read_text().splitlines() if line.strip())
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("--auth takes user:password pairs separated by commas, or @file")
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
+def parse_config(argv: list[str] | None = None) -> AppConfig:
+    """Flags first, then ``QWEN_*`` environment variables, then defaults."""
+    ap = argparse.ArgumentParser(description="Chat with first-generation Qwen chat models in the browser.")
+    ap.add_argument("--model", default=_env("MODEL"), help="checkpoint folder or hub id (default: the planner's pick)")
+    ap.add_argument("--precision", default=_env("PRECISION", "auto"), choices=PRECISIONS)
+    ap.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    ap.add_argument("--port", type=int, default=int(_env("PORT", os.environ.get("PORT", "7860"))))
+    ap.add_argument("--share", action="store_true", default=_truthy(_env("SHARE", "0")))
+    ap.add_argument("--source", default=_env("SOURCE", "huggingface"), choices=("huggingface", "modelscope"))
+    ap.add_argument(
+        "--offline", action="store_true", default=_truthy(_env("OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0")))
+    )
+    ap.add_argument("--cache-dir", default=_env("CACHE_DIR"))
+    ap.add_argument("--data-dir", default=_env("DATA_DIR", "data"), help="personas, server-side history, secrets")
+    ap.add_argument("--models", default=_env("MODELS", ""), help="comma-separated variants to switch to at run time")
+    ap.add_argument("--server-history", action="store_true", default=_truthy(_env("SERVER_HISTORY", "0")))
+    ap.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "4")))
+    ap.add_argument("--max-message-chars", type=int, default=int(_env("MAX_MESSAGE_CHARS", "64000")))
+    ap.add_argument("--auth", default=_env("AUTH"), help="user:password[,…] or @file; protects UI and API")
+    a = ap.parse_args(argv)
+    return AppConfig(
+        model=a.model or None,
+        precision=a.precision,
+        device=a.device,
+        host=a.host,
+        port=a.port,
+        share=a.share,
+        source=a.source,
+        offline=a.offline,
+        cache_dir=a.cache_dir,
+        data_dir=a.data_dir,
+        models=tuple(m.strip() for m in a.models.split(",") if m.strip()),
+        server_history=a.server_history,
+        concurrency=a.concurrency,
+        max_message_chars=a.max_message_chars,
+        auth=_parse_auth(a.auth),
+    )
+
+
+def pick_model(config: AppConfig) -> str:
+    """The model to load: the flag, else the planner's recommendation for this machine."""
+    if config.model:
+        return config.model
+    from qwen_core.catalog import recommend
+    from qwen_core.placement import visible_gpus
+
+    rec = recommend(visible_gpus())
+    log.info("No --model given: %s. %s", rec.variant.hf_id, rec.reason)
+    return rec.variant.modelscope_id if config.source == "modelscope" else rec.variant.hf_id
+
+
+def build(config: AppConfig):
+    """Load the model and build the UI; returns (demo, launch kwargs)."""
+    from qwen_core import load_engine
+    from qwen_core.manager import ModelManager, ModelSpec
+    from ui import UIConfig, build_app
+    from ui.service import Limits
+
+    first = ModelSpec(pick_model(config), config.precision, config.device, config.source)
+    others = [ModelSpec(m, "auto", config.device, config.source) for m in config.models]
+    manager = ModelManager(load_engine, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
+
+    def progress(fraction: float, message: str) -> None:
+        log.info("%3d%% %s", int(fraction * 100), message)
+
+    manager.start(first, progress)
+    ui_config = UIConfig(
+        data_dir=Path(config.data_dir),
+        server_history=config.server_history,
+        concurrency=config.concurrency,
+        limits=Limits(max_message_chars=config.max_message_chars),
+    )
+    return build_app(manager, ui_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_config(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from qwen_core.errors import QwenCoreError
+
+    try:
+        demo, launch_kwargs = build(config)
+    except QwenCoreError as exc:
+        print(f"\nCannot start: {exc}\n", file=sys.stderr)
+        return 2
+    demo.launch(
+        server_name=config.host,
+        server_port=config.port,
+        share=config.share,
+        auth=list(config.auth) or None,
+        show_error=True,
+        **launch_kwargs,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

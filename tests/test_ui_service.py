@@ -1,0 +1,307 @@
+"""The chat UI's actions as plain functions on the tiny checkpoint (no browser)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from qwen_core.manager import ModelManager, ModelSpec
+from ui import ASSETS
+from ui.conversations import ConversationError, export_json, parse_import, to_markdown, to_model_history
+from ui.personas import PersonaError, PersonaStore
+from ui.service import ChatInputError, ChatService, Limits, empty_store
+
+GREEDY = {"do_sample": False, "max_new_tokens": 12}
+
+
+@pytest.fixture(scope="module")
+def manager(engine, ckpt_dir):
+    m = ModelManager(lambda *a, **k: engine, [])
+    m.start(ModelSpec(str(ckpt_dir), device="cpu"))
+    return m
+
+
+@pytest.fixture
+def personas(tmp_path):
+    return PersonaStore(ASSETS / "personas", tmp_path / "personas")
+
+
+@pytest.fixture
+def service(manager, personas):
+    return ChatService(manager, personas, Limits(max_message_chars=1000))
+
+
+def _reply(service, store, session="s1", system="You are a helpful assistant.", **kw):
+    last = None
+    for store, stats in service.stream_reply(store, system, {**GREEDY, **kw}, session):
+        last = stats
+    return store, last
+
+
+def test_send_and_stream(service, engine):
+    store = service.add_user_message(empty_store(), "Hello there")
+    conv = service.active(store)
+    assert conv["messages"] == [{"role": "user", "content": "Hello there"}]
+    assert conv["title"] == "Hello there"
+    grown = []
+    for s, _ in service.stream_reply(store, "You are a helpful assistant.", GREEDY, "s1"):
+        grown.append(service.active(s)["messages"][-1]["content"])
+    assert len(grown) > 2 and grown[-1] == engine.chat("Hello there", **GREEDY)
+    assert service.active(store)["messages"][-1]["role"] == "assistant"
+
+
+def test_history_reaches_the_model(service, engine):
+    store = service.add_user_message(empty_store(), "first")
+    store, _ = _reply(service, store)
+    first_reply = service.active(store)["messages"][-1]["content"]
+    store = service.add_user_message(store, "second")
+    store, _ = _reply(service, store)
+    want = engine.chat("second", history=[("first", first_reply)], **GREEDY)
+    assert service.active(store)["messages"][-1]["content"] == want
+
+
+def test_empty_and_oversized_messages_are_refused(service):
+    store = empty_store()
+    for bad in ("", "   \n\t ", "x" * 1001):
+        with pytest.raises(ChatInputError):
+            service.add_user_message(store, bad)
+    assert service.active(store)["messages"] == []
+
+
+def test_stop_keeps_partial_reply_and_frees_the_engine(service):
+    store = service.add_user_message(empty_store(), "Talk a lot")
+    gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "stopper")
+    next(gen)
+    next(gen)
+    service.cancel("stopper")
+    stats = None
+    for _, stats in gen:
+        pass
+    assert stats.finish_reason == "cancelled" and stats.tokens < 4000
+    msg = service.active(store)["messages"][-1]
+    assert msg["role"] == "assistant" and msg.get("stopped") is True
+    assert threading.active_count() < 50
+    store = service.add_user_message(store, "again")
+    _, stats = _reply(service, store)
+    assert stats.finish_reason in ("length", "stop")
+
+
+def test_closing_the_stream_stops_generation(service):
+    """Gradio closes the generator when Stop cancels the event."""
+    store = service.add_user_message(empty_store(), "Talk a lot")
+    gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "closer")
+    next(gen)
+    before = {t for t in threading.enumerate() if t.name == "qwen-generate"}
+    gen.close()
+    for t in before:
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+
+def test_regenerate_undo_edit_clear(service):
+    store = service.add_user_message(empty_store(), "one")
+    store, _ = _reply(service, store)
+    store = service.add_user_message(store, "two")
+    store, _ = _reply(service, store)
+    first = service.active(store)["messages"][-1]["content"]
+    store = service.regenerate(store)
+    assert service.active(store)["messages"][-1] == {"role": "user", "content": "two"}
+    store, _ = _reply(service, store, seed=5, do_sample=True, temperature=1.0)
+    assert service.active(store)["messages"][-1]["role"] == "assistant"
+    assert isinstance(first, str)
+
+    store, text = service.undo(store)
+    assert text == "two" and [m["content"] for m in service.active(store)["messages"]][0] == "one"
+    assert len(service.active(store)["messages"]) == 2
+
+    store = service.edit(store, 0, "uno")
+    assert service.active(store)["messages"] == [{"role": "user", "content": "uno"}]
+    store, _ = _reply(service, store)
+    with pytest.raises(ChatInputError):
+        service.edit(store, 1, "assistant messages are not editable")
+
+    store = service.clear(store)
+    assert service.active(store)["messages"] == []
+    with pytest.raises(ChatInputError):
+        service.undo(store)
+    with pytest.raises(ChatInputError):
+        service.regenerate(store)
+
+
+def test_persona_switch_applies_from_next_turn_and_is_shown(service, engine, personas):
+    store = service.add_user_message(empty_store(), "hi")
+    store, _ = _reply(service, store)
+    store = service.set_persona(store, "translator")
+    msgs = service.active(store)["messages"]
+    assert msgs[-1]["role"] == "event" and "Translator" in msgs[-1]["content"]
+    translator = personas.get("translator")
+    store = service.add_user_message(store, "你好")
+    store, _ = _reply(service, store, system=translator.system_prompt)
+    history = to_model_history(service.active(store)["messages"][:-2])
+    assert history == [("hi", msgs[1]["content"])]  # events never reach the model
+    want = engine.chat("你好", history=history, system=translator.system_prompt, **GREEDY)
+    assert service.active(store)["messages"][-1]["content"] == want
+
+
+def test_editing_the_system_prompt_mid_chat_is_noted(service):
+    store = service.add_user_message(empty_store(), "hi")
+    store, _ = _reply(service, store, system="A")
+    store = service.add_user_message(store, "again")
+    store, _ = _reply(service, store, system="B")
+    roles = [m["role"] for m in service.active(store)["messages"]]
+    assert roles == ["user", "assistant", "event", "user", "assistant"]
+
+
+def test_greeting_opens_an_empty_chat(service):
+    store = service.set_persona(empty_store(), "anime-girl")
+    msgs = service.active(store)["messages"]
+    assert msgs and msgs[0]["role"] == "assistant" and msgs[0].get("greeting")
+    assert to_model_history(msgs) == []
+
+
+def test_context_report_marks_dropped_turns(service):
+    store = empty_store()
+    for i in range(6):
+        store = service.add_user_message(store, f"question number {i} " * 5)
+        store, _ = _reply(service, store)
+    small = service.context(store, "S", "draft text", 120)
+    full = service.context(store, "S", "draft text", 6144)
+    assert full.dropped_turns == [] and full.n_turns == 6
+    assert small.dropped_turns and small.dropped_turns == list(range(len(small.dropped_turns)))
+    assert small.dropped_messages[:2] == [0, 1]
+    assert small.total_tokens < full.total_tokens
+    assert "draft text" in small.raw_prompt and small.raw_prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_two_sessions_are_isolated(service):
+    a = service.add_user_message(empty_store(), "I am session A")
+    b = service.add_user_message(empty_store(), "I am session B")
+    results = {}
+
+    def run(name, store):
+        for store, _ in service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 30}, name):
+            pass
+        results[name] = store
+
+    threads = [threading.Thread(target=run, args=("A", a)), threading.Thread(target=run, args=("B", b))]
+    for t in threads:
+        t.start()
+    service.cancel("A")  # stopping A never touches B
+    for t in threads:
+        t.join(60)
+    texts_a = json.dumps(results["A"])
+    texts_b = json.dumps(results["B"])
+    assert "session A" in texts_a and "session B" not in texts_a
+    assert "session B" in texts_b and "session A" not in texts_b
+    assert service.active(results["B"])["messages"][-1]["role"] == "assistant"
+
+
+def test_conversations_sidebar(service):
+    store = service.add_user_message(empty_store(), "apples and pears")
+    store, _ = _reply(service, store)
+    first = store["active"]
+    store = service.new_conversation(store, "default-assistant")
+    assert store["active"] != first and len(store["conversations"]) == 2
+    assert service.new_conversation(store)["active"] == store["active"]  # an empty one is reused
+    store = service.add_user_message(store, "bananas")
+    store = service.rename(store, "  Fruit   talk ")
+    assert service.active(store)["title"] == "Fruit talk"
+    assert [c["id"] for c in service.search(store, "PEARS")] == [first]
+    store = service.delete(store)
+    assert store["active"] == first and len(store["conversations"]) == 1
+    store = service.delete(store)
+    assert len(store["conversations"]) == 1 and service.active(store)["messages"] == []
+
+
+def test_export_and_import(service):
+    store = service.add_user_message(empty_store(), "What is $e^{i\\pi}$?")
+    store, _ = _reply(service, store)
+    conv = service.active(store)
+    back = parse_import(export_json(conv))
+    assert back["messages"] == [{"role": m["role"], "content": m["content"]} for m in conv["messages"]]
+    assert back["id"] != conv["id"]
+    md = to_markdown(conv, "Default assistant")
+    assert md.startswith("# What is") and "**You**" in md and "$e^{i\\pi}$" in md
+    plain = parse_import(json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]))
+    assert plain["title"] == "hi"
+    for bad in ("{", "[1, 2]", json.dumps({"messages": [{"role": "hacker", "content": "x"}]}), "x" * (21 * 2**20)):
+        with pytest.raises(ConversationError):
+            parse_import(bad)
+
+
+def test_damaged_browser_store_is_repaired(service):
+    for junk in (None, "nonsense", {"conversations": "x"}, {"conversations": [1, {"id": "a"}]}):
+        store = service.ensure_store(junk)
+        assert service.active(store)["messages"] == []
+
+
+def test_persona_library(personas):
+    ids = [p.id for p in personas.all()]
+    assert ids[0] == "default-assistant"
+    for needed in ("anime-girl", "compliment-writer", "translator", "code-reviewer", "classical-poet"):
+        assert needed in ids
+    assert personas.errors == []
+
+
+def test_persona_create_edit_duplicate_delete(personas):
+    base = personas.get("code-reviewer")
+    from dataclasses import replace
+
+    mine = personas.save(replace(base, id=personas.unique_id("My reviewer"), name="My reviewer", builtin=False))
+    assert personas.get(mine.id).name == "My reviewer" and not personas.get(mine.id).builtin
+    personas.save(replace(mine, system_prompt="Be harsh."))
+    assert personas.get(mine.id).system_prompt == "Be harsh."
+    # Editing a built-in saves the user's copy over it; deleting that copy restores the original.
+    personas.save(replace(base, system_prompt="Custom review rules."))
+    assert personas.get("code-reviewer").system_prompt == "Custom review rules."
+    personas.delete("code-reviewer")
+    assert personas.get("code-reviewer").system_prompt == base.system_prompt
+    with pytest.raises(PersonaError):
+        personas.delete("code-reviewer")  # built-in
+    personas.delete(mine.id)
+    assert personas.get(mine.id) is None
+
+
+def test_malformed_persona_file_is_reported_and_others_survive(personas):
+    personas.user_dir.mkdir(parents=True, exist_ok=True)
+    bad = personas.user_dir / "broken.json"
+    bad.write_text('{\n  "name": "Broken",\n  "system_prompt": "x",\n}\n')
+    wrong = personas.user_dir / "wrong.json"
+    wrong.write_text(json.dumps({"name": "", "system_prompt": 3}))
+    all_ = personas.all()
+    assert len(all_) >= 6 and "broken" not in {p.id for p in all_}
+    assert any(str(bad) in e and "line 4" in e for e in personas.errors)
+    assert any(str(wrong) in e and "'name'" in e for e in personas.errors)
+
+
+def test_persona_import_export(personas):
+    exported = json.dumps(
+        [personas.get("translator").to_json(), personas.get("anime-girl").to_json()], ensure_ascii=False
+    )
+    added = personas.import_json(exported, "personas.json")
+    assert len(added) == 2 and all(p.id not in ("translator", "anime-girl") for p in added)
+    assert personas.get(added[0].id).system_prompt == personas.get("translator").system_prompt
+    with pytest.raises(PersonaError, match="line 1"):
+        personas.import_json("{oops", "x.json")
+    with pytest.raises(PersonaError, match="settings"):
+        personas.import_json(json.dumps({"name": "n", "system_prompt": "s", "settings": {"evil": 1}}))
+    # A name full of path tricks still lands inside the user folder.
+    sneaky = personas.import_json(json.dumps({"name": "../../etc/passwd", "system_prompt": "s"}))[0]
+    assert (personas.user_dir / f"{sneaky.id}.json").is_file() and "/" not in sneaky.id
+
+
+def test_model_switch_keeps_previous_on_failure(engine, ckpt_dir):
+    from qwen_core import load_engine
+
+    m = ModelManager(load_engine, [], offline=True)
+    m.start(ModelSpec(str(ckpt_dir), device="cpu"))
+    good = m.current
+    with pytest.raises(Exception, match="is loaded again"):
+        m.switch(ModelSpec("/nonexistent/model", device="cpu"))
+    assert m.current == good and m.engine is not None
+    assert m.engine.chat("hi", do_sample=False, max_new_tokens=2) is not None
+    status = m.status()
+    assert status["loaded"] and status["precision"] == "fp32" and status["device"] == "cpu"
+    assert status["memory"]["rss_gb"] > 0

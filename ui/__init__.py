@@ -1,0 +1,47 @@
+"""The Gradio chat app. It talks to the model only through ``qwen_core``'s public API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from .api import make_chat_endpoint
+from .handlers import Handlers
+from .layout import CSS, build_page, i18n
+from .personas import PersonaStore
+from .service import ChatService, Limits
+from .storage import stable_secret
+from .user_store import UserStore
+from .wiring import wire
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """What the UI needs from the app's configuration."""
+
+    data_dir: Path
+    server_history: bool = False  # keep a server-side copy per logged-in user
+    concurrency: int = 4  # replies generated at once
+    limits: Limits = Limits()
+    title: str = "Qwen Chat"
+
+
+def build_app(manager, config: UIConfig) -> tuple[gr.Blocks, dict]:
+    """Build the Blocks app; returns it and the kwargs ``launch()`` needs (i18n, css)."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    personas = PersonaStore(ASSETS / "personas", config.data_dir / "personas")
+    service = ChatService(manager, personas, config.limits)
+    users = UserStore(config.data_dir / "users") if config.server_history else None
+    handlers = Handlers(service, users)
+    context = manager.engine.info.context_length if manager.engine else 8192
+    page = build_page(stable_secret(config.data_dir), context, config.title)
+    with page.demo:
+        wire(page, handlers)
+        gr.api(make_chat_endpoint(service), api_name="chat", concurrency_id="generate")
+    page.demo.queue(default_concurrency_limit=config.concurrency, max_size=max(16, 8 * config.concurrency))
+    page.demo.service = service  # for tests and the HTTP API
+    return page.demo, {"i18n": i18n, "css": CSS}

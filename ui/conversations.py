@@ -1,0 +1,139 @@
+"""Conversations as plain data: one message format end to end.
+
+A conversation is a JSON-able dict::
+
+    {"id", "title", "created", "updated", "persona_id",
+     "messages": [{"role": "user"|"assistant"|"event", "content": str, ...}]}
+
+``event`` messages (a persona switch) are shown in the transcript but never sent to
+the model. Rendering (Markdown, LaTeX) happens in the Chatbot only; the text kept
+here and sent to the model is exactly what the user typed or the model said.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+MAX_IMPORT_BYTES = 20 * 1024 * 1024
+MAX_MESSAGES = 10_000
+MAX_CONVERSATIONS = 500
+
+
+class ConversationError(ValueError):
+    """An import or edit that cannot be applied; says why."""
+
+
+def new_conversation(persona_id: str, title: str = "New chat") -> dict:
+    """An empty conversation."""
+    now = time.time()
+    return {
+        "id": uuid.uuid4().hex[:12],
+        "title": title,
+        "created": now,
+        "updated": now,
+        "persona_id": persona_id,
+        "messages": [],
+    }
+
+
+def title_from(text: str) -> str:
+    """A sidebar title from the first user message."""
+    line = " ".join(text.split())
+    return (line[:40] + "…") if len(line) > 40 else (line or "New chat")
+
+
+def to_model_history(messages: list[dict]) -> list[tuple[str, str]]:
+    """(user, assistant) pairs for the prompt builder; events and an unanswered last user turn left out."""
+    pairs: list[tuple[str, str]] = []
+    pending: str | None = None
+    for msg in messages:
+        role = msg.get("role")
+        if role == "user":
+            pending = msg["content"] if pending is None else pending + "\n\n" + msg["content"]
+        elif role == "assistant" and pending is not None:
+            pairs.append((pending, msg["content"]))
+            pending = None
+    return pairs
+
+
+def turn_spans(messages: list[dict]) -> list[list[int]]:
+    """Message indices belonging to each model turn, aligned with :func:`to_model_history`."""
+    spans: list[list[int]] = []
+    pending: list[int] = []
+    for i, msg in enumerate(messages):
+        if msg.get("role") == "user":
+            pending.append(i)
+        elif msg.get("role") == "assistant" and pending:
+            spans.append([*pending, i])
+            pending = []
+    return spans
+
+
+def to_chatbot(messages: list[dict]) -> list[dict]:
+    """Gradio Chatbot (messages format) value, one item per message; persona events as notes."""
+    out = []
+    for msg in messages:
+        if msg["role"] == "event":
+            out.append({"role": "assistant", "content": "", "metadata": {"title": "🎭 " + msg["content"]}})
+        else:
+            out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def last_user_index(messages: list[dict]) -> int | None:
+    """Index of the newest user message."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "user":
+            return i
+    return None
+
+
+def to_markdown(conv: dict, persona_name: str = "") -> str:
+    """A readable export: title, persona, then each message."""
+    lines = [f"# {conv.get('title') or 'Chat'}", ""]
+    if persona_name:
+        lines += [f"*Persona: {persona_name}*", ""]
+    names = {"user": "**You**", "assistant": "**Assistant**"}
+    for msg in conv.get("messages", []):
+        if msg["role"] == "event":
+            lines += [f"> 🎭 {msg['content']}", ""]
+        else:
+            lines += [names[msg["role"]], "", msg["content"], ""]
+    return "\n".join(lines)
+
+
+def export_json(conv: dict) -> str:
+    """The conversation as a JSON document (the import format)."""
+    return json.dumps({"format": "qwen-chat-conversation", "version": 1, **conv}, ensure_ascii=False, indent=2)
+
+
+def parse_import(text: str, source: str = "import") -> dict:
+    """Validate an exported conversation (ours, or a plain ``[{"role", "content"}]`` list) into a new one."""
+    if len(text.encode("utf-8", "replace")) > MAX_IMPORT_BYTES:
+        raise ConversationError(f"{source}: larger than {MAX_IMPORT_BYTES // 2**20} MB")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConversationError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    if isinstance(data, list):
+        data = {"messages": data}
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise ConversationError(f"{source}: expected an object with a 'messages' list")
+    if len(data["messages"]) > MAX_MESSAGES:
+        raise ConversationError(f"{source}: more than {MAX_MESSAGES} messages")
+    messages = []
+    for i, msg in enumerate(data["messages"]):
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "event", "system"):
+            raise ConversationError(f"{source}: messages[{i}] needs a role of user, assistant or event")
+        if not isinstance(msg.get("content"), str):
+            raise ConversationError(f"{source}: messages[{i}].content must be text")
+        role = "event" if msg["role"] == "system" else msg["role"]
+        messages.append({"role": role, "content": msg["content"]})
+    conv = new_conversation(str(data.get("persona_id") or "default-assistant"))
+    title = data.get("title")
+    first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    conv["title"] = str(title)[:100] if isinstance(title, str) and title.strip() else title_from(first_user)
+    conv["messages"] = messages
+    return conv

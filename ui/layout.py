@@ -1,0 +1,189 @@
+"""The page's components (no event wiring here; see :mod:`ui.wiring`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .i18n import EN, ZH
+
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "\\[", "right": "\\]", "display": True},
+]
+
+CSS = """
+#meter { font-size: 0.85em; }
+#meter .dropped { text-decoration: line-through; opacity: 0.6; }
+#meter .bar { height: 6px; background: var(--neutral-200); border-radius: 3px; overflow: hidden; }
+#meter .bar > div { height: 100%; background: var(--color-accent); }
+#chat .message-row.qc-dropped { opacity: 0.45; }
+#chat .message-row.qc-dropped::before { content: "⛔ not sent: outside max_window_size"; font-size: 0.75em; }
+"""
+
+# Marks the chat rows the next prompt will drop (message indices come from the meter).
+MARK_DROPPED_JS = """
+() => {
+  const meter = document.querySelector('#meter [data-dropped]');
+  const dropped = new Set(meter ? JSON.parse(meter.dataset.dropped) : []);
+  document.querySelectorAll('#chat .message-row').forEach((row, i) => {
+    row.classList.toggle('qc-dropped', dropped.has(i));
+  });
+}
+"""
+
+i18n = gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH, "zh-TW": ZH})
+
+
+@dataclass
+class Page:
+    """Every component the wiring needs."""
+
+    demo: gr.Blocks
+    store: gr.BrowserState
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    regenerate: gr.Button
+    undo: gr.Button
+    clear: gr.Button
+    meter: gr.HTML
+    raw_prompt: gr.Code
+    # conversations
+    new_chat: gr.Button
+    search: gr.Textbox
+    chat_list: gr.Radio
+    chat_name: gr.Textbox
+    rename: gr.Button
+    delete_chat: gr.Button
+    export_json: gr.DownloadButton
+    export_md: gr.DownloadButton
+    import_chat: gr.UploadButton
+    # persona
+    persona_pick: gr.Dropdown
+    persona_name: gr.Textbox
+    avatar: gr.Textbox
+    system_prompt: gr.Textbox
+    greeting: gr.Textbox
+    example_dialogue: gr.Code
+    in_first_turn: gr.Checkbox
+    save_persona: gr.Button
+    duplicate_persona: gr.Button
+    delete_persona: gr.Button
+    export_persona: gr.DownloadButton
+    import_persona: gr.UploadButton
+    persona_status: gr.Markdown
+    # generation
+    temperature: gr.Slider
+    top_p: gr.Slider
+    top_k: gr.Slider
+    repetition_penalty: gr.Slider
+    max_new_tokens: gr.Slider
+    seed: gr.Number
+    max_window_size: gr.Slider
+    reset_settings: gr.Button
+    # model
+    model_status: gr.Markdown
+    reply_stats: gr.Markdown
+    model_pick: gr.Dropdown
+    load_model: gr.Button
+
+    @property
+    def settings(self) -> list:
+        """Generation setting components, in :data:`ui.handlers.SETTING_ORDER`."""
+        return [
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.repetition_penalty,
+            self.max_new_tokens,
+            self.seed,
+            self.max_window_size,
+        ]
+
+
+def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Page:
+    """Create the components inside a new Blocks."""
+    with gr.Blocks(title=title, fill_height=True) as demo:
+        store = gr.BrowserState(None, storage_key="qwen-chat-store-v1", secret=secret)
+        with gr.Sidebar(label=i18n("conversations"), open=True):
+            new_chat = gr.Button(i18n("new_chat"), variant="primary")
+            search = gr.Textbox(label=i18n("search"), placeholder="🔍", max_lines=1)
+            chat_list = gr.Radio(label=i18n("chat_list"), choices=[], interactive=True)
+            chat_name = gr.Textbox(label=i18n("chat_name"), max_lines=1)
+            with gr.Row():
+                rename = gr.Button(i18n("rename"), size="sm")
+                delete_chat = gr.Button(i18n("delete_chat"), size="sm", variant="stop")
+            with gr.Row():
+                export_json = gr.DownloadButton(i18n("export_json"), size="sm")
+                export_md = gr.DownloadButton(i18n("export_md"), size="sm")
+            import_chat = gr.UploadButton(i18n("import_chat"), file_types=[".json"], size="sm")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label=i18n("chat"),
+                    elem_id="chat",
+                    height="62vh",
+                    latex_delimiters=LATEX,
+                    buttons=["copy", "copy_all"],
+                    editable="user",
+                    render_markdown=True,
+                    sanitize_html=True,
+                    autoscroll=True,
+                )
+                message = gr.Textbox(
+                    label=i18n("message"),
+                    placeholder=i18n("message_placeholder"),
+                    lines=2,
+                    max_lines=12,
+                    autofocus=True,
+                    elem_id="message",
+                )
+                with gr.Row():
+                    send = gr.Button(i18n("send"), variant="primary", elem_id="send")
+                    stop = gr.Button(i18n("stop"), variant="stop", elem_id="stop", interactive=False)
+                    regenerate = gr.Button(i18n("regenerate"), elem_id="regenerate")
+                    undo = gr.Button(i18n("undo"), elem_id="undo")
+                    clear = gr.Button(i18n("clear"), elem_id="clear")
+                meter = gr.HTML(elem_id="meter", label=i18n("context"))
+                with gr.Accordion(i18n("raw_prompt"), open=False):
+                    raw_prompt = gr.Code(label=i18n("raw_prompt"), language=None, interactive=False, lines=8)
+            with gr.Column(scale=2):
+                with gr.Tab(i18n("persona")):
+                    persona_pick = gr.Dropdown(label=i18n("persona_library"), choices=[], interactive=True)
+                    with gr.Row():
+                        persona_name = gr.Textbox(label=i18n("persona_name"), max_lines=1, scale=3)
+                        avatar = gr.Textbox(label=i18n("avatar"), max_lines=1, scale=1)
+                    system_prompt = gr.Textbox(
+                        label=i18n("system_prompt"), lines=5, max_lines=20, elem_id="system-prompt"
+                    )
+                    in_first_turn = gr.Checkbox(label=i18n("persona_in_first_turn"))
+                    greeting = gr.Textbox(label=i18n("greeting"), lines=2)
+                    example_dialogue = gr.Code(label=i18n("example_dialogue"), language="json", lines=4)
+                    with gr.Row():
+                        save_persona = gr.Button(i18n("save_persona"), variant="primary", size="sm")
+                        duplicate_persona = gr.Button(i18n("duplicate_persona"), size="sm")
+                        delete_persona = gr.Button(i18n("delete_persona"), size="sm", variant="stop")
+                    with gr.Row():
+                        export_persona = gr.DownloadButton(i18n("export_persona"), size="sm")
+                        import_persona = gr.UploadButton(i18n("import_persona"), file_types=[".json"], size="sm")
+                    persona_status = gr.Markdown()
+                with gr.Tab(i18n("generation")):
+                    temperature = gr.Slider(0.0, 2.0, step=0.05, label=i18n("temperature"))
+                    top_p = gr.Slider(0.01, 1.0, step=0.01, label=i18n("top_p"))
+                    top_k = gr.Slider(0, 200, step=1, label=i18n("top_k"))
+                    repetition_penalty = gr.Slider(1.0, 2.0, step=0.01, label=i18n("repetition_penalty"))
+                    max_new_tokens = gr.Slider(1, 8192, step=1, label=i18n("max_new_tokens"))
+                    seed = gr.Number(value=-1, precision=0, label=i18n("seed"))
+                    max_window_size = gr.Slider(256, context_length, step=64, label=i18n("max_window_size"))
+                    reset_settings = gr.Button(i18n("reset_settings"), size="sm")
+                with gr.Tab(i18n("model")):
+                    model_status = gr.Markdown(label=i18n("model_status"))
+                    reply_stats = gr.Markdown()
+                    model_pick = gr.Dropdown(label=i18n("switch_model"), choices=[], interactive=True)
+                    load_model = gr.Button(i18n("load_model"))
+    return Page(**{k: v for k, v in locals().items() if k in Page.__dataclass_fields__})

@@ -1,0 +1,374 @@
+"""What the chat UI does, as plain functions over plain data (no Gradio, no torch).
+
+The browser keeps a *store*: ``{"version": 1, "active": id, "conversations": [conv, ...]}``
+(see :mod:`ui.conversations`). Every action takes the store and returns the new one,
+so the same functions serve the Gradio handlers, the tests and server-side storage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from qwen_core.errors import QwenCoreError
+from qwen_core.manager import ModelManager
+
+from .conversations import (
+    MAX_CONVERSATIONS,
+    MAX_MESSAGES,
+    ConversationError,
+    new_conversation,
+    title_from,
+    to_model_history,
+    turn_spans,
+)
+from .personas import DEFAULT_PERSONA_ID, PersonaStore
+
+
+class ChatInputError(ValueError):
+    """The user's action can't be done as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one user can send (checked before anything reaches the model)."""
+
+    max_message_chars: int = 64_000
+    max_messages: int = MAX_MESSAGES
+    max_conversations: int = MAX_CONVERSATIONS
+
+
+@dataclass
+class ReplyStats:
+    """Figures of the reply being streamed, for the model panel."""
+
+    tokens: int = 0
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    seed: int | None = None
+
+
+@dataclass
+class ContextReport:
+    """What the next prompt will hold, decided by the core's prompt builder."""
+
+    system_tokens: int
+    history_tokens: int
+    draft_tokens: int
+    total_tokens: int
+    window: int
+    context_length: int
+    n_turns: int
+    dropped_turns: list[int]  # turn numbers (0 = oldest) the next prompt leaves out
+    dropped_messages: list[int]  # message indices of those turns
+    raw_prompt: str
+
+
+@dataclass
+class _Session:
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def empty_store() -> dict:
+    """A store with one empty conversation."""
+    conv = new_conversation(DEFAULT_PERSONA_ID)
+    return {"version": 1, "active": conv["id"], "conversations": [conv]}
+
+
+class ChatService:
+    """The UI's operations; one instance serves every browser session."""
+
+    def __init__(self, manager: ModelManager, personas: PersonaStore, limits: Limits | None = None):
+        self.manager = manager
+        self.personas = personas
+        self.limits = limits or Limits()
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    # --- store -------------------------------------------------------------
+    def ensure_store(self, store: dict | None) -> dict:
+        """A valid store from whatever the browser sent (nothing, an old or a damaged value)."""
+        if not isinstance(store, dict) or not isinstance(store.get("conversations"), list):
+            return empty_store()
+        convs = [c for c in store["conversations"] if isinstance(c, dict) and isinstance(c.get("messages"), list)]
+        if not convs:
+            return empty_store()
+        active = store.get("active")
+        if active not in {c.get("id") for c in convs}:
+            active = convs[0]["id"]
+        return {"version": 1, "active": active, "conversations": convs}
+
+    @staticmethod
+    def active(store: dict) -> dict:
+        """The conversation on screen."""
+        return next(c for c in store["conversations"] if c["id"] == store["active"])
+
+    @staticmethod
+    def _touch(conv: dict) -> None:
+        conv["updated"] = time.time()
+
+    # --- chat ----------------------------------------------------------------
+    def add_user_message(self, store: dict, text: str) -> dict:
+        """Append the user's message (checked); the reply is streamed by :meth:`stream_reply`."""
+        if not isinstance(text, str) or not text.strip():
+            raise ChatInputError("The message is empty: type something first.")
+        if len(text) > self.limits.max_message_chars:
+            raise ChatInputError(
+                f"The message has {len(text):,} characters; the limit is {self.limits.max_message_chars:,}. "
+                "Split it, or attach less text."
+            )
+        conv = self.active(store)
+        if len(conv["messages"]) >= self.limits.max_messages:
+            raise ChatInputError("This conversation is too long to continue; start a new chat.")
+        if not any(m["role"] == "user" for m in conv["messages"]):
+            conv["title"] = title_from(text)
+        conv["messages"].append({"role": "user", "content": text})
+        self._touch(conv)
+        return store
+
+    def session(self, session_id: str) -> _Session:
+        """Per-browser-session state that must not live in the browser (the cancel event)."""
+        with self._lock:
+            return self._sessions.setdefault(session_id, _Session())
+
+    def cancel(self, session_id: str) -> None:
+        """Stop the reply being generated for this session (within one token)."""
+        self.session(session_id).cancel.set()
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a closed browser session's server-side state."""
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session:
+            session.cancel.set()
+
+    def _engine(self):
+        engine = self.manager.engine
+        if engine is None:
+            raise ChatInputError("The model is being switched; try again in a moment.")
+        return engine
+
+    def stream_reply(
+        self,
+        store: dict,
+        system: str,
+        settings: dict,
+        session_id: str,
+        system_in_first_turn: bool = False,
+    ) -> Iterator[tuple[dict, ReplyStats]]:
+        """Generate the reply to the last user message, yielding the growing store.
+
+        The partial reply stays in the conversation if generation is stopped; closing
+        this generator (Gradio does when Stop cancels the event) stops the worker.
+        """
+        conv = self.active(store)
+        msgs = conv["messages"]
+        if not msgs or msgs[-1]["role"] != "user":
+            raise ChatInputError("There is no message waiting for a reply.")
+        engine = self._engine()
+        query_at = len(msgs) - 1
+        pending = [msgs[query_at]["content"]]
+        while query_at > 0 and msgs[query_at - 1]["role"] == "user":  # several unanswered messages
+            query_at -= 1
+            pending.insert(0, msgs[query_at]["content"])
+        history = to_model_history(msgs[:query_at])
+        self._note_system_change(conv, system, query_at)
+        cancel = threading.Event()
+        self.session(session_id).cancel = cancel
+        gen = {k: v for k, v in (settings or {}).items() if v is not None}
+        stream = engine.stream_chat(
+            "\n\n".join(pending),
+            history,
+            system,
+            cancel=cancel,
+            system_in_first_turn=system_in_first_turn,
+            **gen,
+        )
+        reply = {"role": "assistant", "content": ""}
+        conv["messages"].append(reply)
+        stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
+        started = time.perf_counter()
+        try:
+            for piece in stream:
+                reply["content"] += piece
+                stats.tokens = stream.tokens_so_far
+                if stats.ttft_s is None:
+                    stats.ttft_s = time.perf_counter() - started
+                yield store, stats
+        finally:
+            stream.close()
+            res = stream.result
+            stats.finish_reason = res.finish_reason
+            stats.tokens = res.completion_tokens
+            stats.ttft_s = res.time_to_first_token_s
+            stats.tokens_per_s = res.tokens_per_s
+            reply["content"] = reply["content"].strip()
+            if res.finish_reason == "cancelled":
+                reply["stopped"] = True
+            self._touch(conv)
+        yield store, stats
+
+    def _note_system_change(self, conv: dict, system: str, before: int) -> None:
+        """Show in the transcript when the system prompt differs from the one the last reply used."""
+        last = conv.get("system_used")
+        if last is not None and last != system and conv["messages"][:before]:
+            name = next((p.name for p in self.personas.all() if p.system_prompt == system), None)
+            text = f"Persona: {name}" if name else "System prompt changed"
+            conv["messages"].insert(before, {"role": "event", "content": f"{text} (from this turn on)"})
+        conv["system_used"] = system
+
+    def regenerate(self, store: dict) -> dict:
+        """Remove the last reply so :meth:`stream_reply` writes a new one."""
+        conv = self.active(store)
+        msgs = conv["messages"]
+        while msgs and msgs[-1]["role"] in ("assistant", "event"):
+            msgs.pop()
+        if not msgs:
+            raise ChatInputError("Nothing to regenerate yet: send a message first.")
+        self._touch(conv)
+        return store
+
+    def undo(self, store: dict) -> tuple[dict, str]:
+        """Remove the last exchange; returns the user's text so it can go back into the input."""
+        conv = self.active(store)
+        msgs = conv["messages"]
+        while msgs and msgs[-1]["role"] in ("assistant", "event"):
+            msgs.pop()
+        if not msgs:
+            raise ChatInputError("Nothing to undo.")
+        text = msgs.pop()["content"]
+        while msgs and msgs[-1]["role"] == "event":
+            msgs.pop()
+        self._touch(conv)
+        return store, text
+
+    def edit(self, store: dict, index: int, text: str) -> dict:
+        """Replace user message ``index`` and drop everything after it (the reply is regenerated)."""
+        conv = self.active(store)
+        msgs = conv["messages"]
+        if not 0 <= index < len(msgs) or msgs[index]["role"] != "user":
+            raise ChatInputError("Only your own messages can be edited.")
+        if not text.strip():
+            raise ChatInputError("An edited message cannot be empty; use Undo to remove it.")
+        if len(text) > self.limits.max_message_chars:
+            raise ChatInputError(f"The message is longer than {self.limits.max_message_chars:,} characters.")
+        del msgs[index + 1 :]
+        msgs[index] = {"role": "user", "content": text}
+        self._touch(conv)
+        return store
+
+    def clear(self, store: dict) -> dict:
+        """Empty the conversation on screen."""
+        conv = self.active(store)
+        conv["messages"] = []
+        conv.pop("system_used", None)
+        conv["title"] = "New chat"
+        self._touch(conv)
+        return store
+
+    def set_persona(self, store: dict, persona_id: str) -> dict:
+        """Record the persona on the conversation; mid-chat it is noted in the transcript."""
+        persona = self.personas.get(persona_id)
+        if persona is None:
+            raise ChatInputError(f"Persona '{persona_id}' no longer exists.")
+        conv = self.active(store)
+        if conv.get("persona_id") != persona_id:
+            conv["persona_id"] = persona_id
+            if any(m["role"] != "event" for m in conv["messages"]):
+                conv["messages"].append(
+                    {"role": "event", "content": f"Persona: {persona.name} (from the next turn on)"}
+                )
+                conv["system_used"] = persona.system_prompt
+            elif persona.greeting and not conv["messages"]:
+                conv["messages"].append({"role": "assistant", "content": persona.greeting, "greeting": True})
+            self._touch(conv)
+        return store
+
+    # --- context meter --------------------------------------------------------
+    def context(self, store: dict, system: str, draft: str, window: int | None, system_in_first_turn=False):
+        """Token counts of the next prompt and which turns it drops, from the core's builder."""
+        engine = self._engine()
+        conv = self.active(store)
+        msgs = conv["messages"]
+        history = to_model_history(msgs)
+        spans = turn_spans(msgs)
+        pending = [m["content"] for m in msgs[spans[-1][-1] + 1 if spans else 0 :] if m["role"] == "user"]
+        query = "\n\n".join([*pending, draft] if draft else pending)
+        plan = engine.plan_prompt(query, history, system, window, system_in_first_turn)
+        dropped_msgs = [i for t in plan.dropped_turns for i in spans[t]]
+        return ContextReport(
+            system_tokens=plan.system_tokens,
+            history_tokens=plan.history_tokens,
+            draft_tokens=plan.query_tokens,
+            total_tokens=plan.n_tokens,
+            window=window or engine.defaults.max_window_size,
+            context_length=engine.info.context_length,
+            n_turns=plan.n_turns,
+            dropped_turns=plan.dropped_turns,
+            dropped_messages=dropped_msgs,
+            raw_prompt=plan.text,
+        )
+
+    # --- conversations --------------------------------------------------------
+    def new_conversation(self, store: dict, persona_id: str | None = None) -> dict:
+        """Start a new chat (reusing an empty one on screen)."""
+        conv = self.active(store)
+        if not conv["messages"]:
+            return store
+        if len(store["conversations"]) >= self.limits.max_conversations:
+            raise ChatInputError(f"You have {self.limits.max_conversations} chats; delete some first.")
+        fresh = new_conversation(persona_id or conv.get("persona_id") or DEFAULT_PERSONA_ID)
+        store["conversations"].insert(0, fresh)
+        store["active"] = fresh["id"]
+        return store
+
+    def select(self, store: dict, conv_id: str) -> dict:
+        """Show another conversation."""
+        if conv_id not in {c["id"] for c in store["conversations"]}:
+            raise ChatInputError("That chat no longer exists.")
+        store["active"] = conv_id
+        return store
+
+    def rename(self, store: dict, title: str) -> dict:
+        """Rename the conversation on screen."""
+        title = " ".join((title or "").split())[:100]
+        if not title:
+            raise ChatInputError("A chat name cannot be empty.")
+        self.active(store)["title"] = title
+        return store
+
+    def delete(self, store: dict) -> dict:
+        """Delete the conversation on screen; another (or a new empty one) takes its place."""
+        store["conversations"] = [c for c in store["conversations"] if c["id"] != store["active"]]
+        if not store["conversations"]:
+            return empty_store()
+        store["active"] = store["conversations"][0]["id"]
+        return store
+
+    @staticmethod
+    def search(store: dict, query: str) -> list[dict]:
+        """Conversations whose title or text contains ``query`` (case-insensitive), newest first."""
+        q = (query or "").strip().lower()
+        convs = sorted(store["conversations"], key=lambda c: c.get("updated", 0), reverse=True)
+        if not q:
+            return convs
+        return [
+            c
+            for c in convs
+            if q in c.get("title", "").lower() or any(q in m.get("content", "").lower() for m in c["messages"])
+        ]
+
+    def add_imported(self, store: dict, conv: dict) -> dict:
+        """Add an imported conversation and show it."""
+        if len(store["conversations"]) >= self.limits.max_conversations:
+            raise ConversationError(f"You have {self.limits.max_conversations} chats; delete some first.")
+        store["conversations"].insert(0, conv)
+        store["active"] = conv["id"]
+        return store
+
+
+__all__ = ["ChatInputError", "ChatService", "ContextReport", "Limits", "QwenCoreError", "ReplyStats", "empty_store"]
