@@ -35,9 +35,9 @@ def service(manager, personas):
 
 def _reply(service, store, session="s1", system="You are a helpful assistant.", **kw):
     last = None
-    for store, stats in service.stream_reply(store, system, {**GREEDY, **kw}, session):
+    for _, stats in service.stream_reply(store, system, {**GREEDY, **kw}, session):
         last = stats
-    return store, last
+    return store, last  # the store is updated in place
 
 
 def test_send_and_stream(service, engine):
@@ -76,9 +76,7 @@ def test_stop_keeps_partial_reply_and_frees_the_engine(service):
     next(gen)
     next(gen)
     service.cancel("stopper")
-    stats = None
-    for _, stats in gen:
-        pass
+    stats = [s for _, s in gen][-1]
     assert stats.finish_reason == "cancelled" and stats.tokens < 4000
     msg = service.active(store)["messages"][-1]
     assert msg["role"] == "assistant" and msg.get("stopped") is True
@@ -113,7 +111,7 @@ def test_regenerate_undo_edit_clear(service):
     assert isinstance(first, str)
 
     store, text = service.undo(store)
-    assert text == "two" and [m["content"] for m in service.active(store)["messages"]][0] == "one"
+    assert text == "two" and service.active(store)["messages"][0]["content"] == "one"
     assert len(service.active(store)["messages"]) == 2
 
     store = service.edit(store, 0, "uno")
@@ -181,7 +179,7 @@ def test_two_sessions_are_isolated(service):
     results = {}
 
     def run(name, store):
-        for store, _ in service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 30}, name):
+        for _ in service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 30}, name):
             pass
         results[name] = store
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -26,7 +26,7 @@ class UIConfig:
     data_dir: Path
     server_history: bool = False  # keep a server-side copy per logged-in user
     concurrency: int = 4  # replies generated at once
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     title: str = "Qwen Chat"
 
 

@@ -147,7 +147,7 @@ class Handlers:
         stats_text = ""
         try:
             settings = settings_dict(values)
-            for store, stats in self.service.stream_reply(store, system, settings, session, bool(in_first_turn)):
+            for _, stats in self.service.stream_reply(store, system, settings, session, bool(in_first_turn)):
                 stats_text = self.stats_markdown(stats)
                 yield store, to_chatbot(conv["messages"]), stats_text, gr.update(interactive=True)
         except USER_ERRORS as exc:
