@@ -139,8 +139,12 @@ class Handlers:
             raise gr.Error(str(exc), duration=8) from None
         return "", *self._view(store)
 
-    def respond(self, store, system, in_first_turn, *values, request: gr.Request):
+    def respond(
+        self, store, system, in_first_turn, temperature, top_p, top_k, rep_penalty, max_new, seed, window,
+        request: gr.Request,
+    ):  # fmt: skip
         """Stream the reply; errors end it with a visible note and the app keeps serving."""
+        values = (temperature, top_p, top_k, rep_penalty, max_new, seed, window)
         store = self.service.ensure_store(store)
         session = request.session_hash or "anonymous"
         conv = self.service.active(store)

@@ -138,7 +138,7 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Pa
                 message = gr.Textbox(
                     label=i18n("message"),
                     placeholder=i18n("message_placeholder"),
-                    lines=2,
+                    lines=1,  # Gradio: lines=1 + max_lines>1 → Enter sends, Shift+Enter adds a line
                     max_lines=12,
                     autofocus=True,
                     elem_id="message",
