@@ -183,9 +183,14 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
         super().__init__(config)
         self.model.rotary_emb = QwenRotaryEmbedding(config)
         self._last_alphas: tuple[float, ...] = (1.0,)
-        if getattr(config, "qwen_use_logn_attn", False):
-            for layer in self.model.layers:
-                layer.self_attn.q_proj.register_forward_hook(_scale_query_logn)
+
+    def _attach_logn_hooks(self) -> None:
+        """Hook every current ``q_proj`` (quantizers replace the modules after ``__init__``)."""
+        for layer in self.model.layers:
+            q_proj = layer.self_attn.q_proj
+            if not getattr(q_proj, "_qwen_logn_hooked", False):
+                q_proj.register_forward_hook(_scale_query_logn)
+                q_proj._qwen_logn_hooked = True
 
     def _ntk_alphas(self, input_ids, inputs_embeds, attention_mask, past_key_values) -> tuple[float, ...]:
         """Alpha per row: from the prompt length at prefill, then kept on the cache for decode."""
@@ -235,7 +240,10 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
             source = input_ids if input_ids is not None else inputs_embeds
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + source.shape[1], device=source.device)[None, :]
-        token = _STATE.set(_ForwardState(alphas=alphas, logn=self._logn(position_ids)))
+        logn = self._logn(position_ids)
+        if logn is not None:
+            self._attach_logn_hooks()
+        token = _STATE.set(_ForwardState(alphas=alphas, logn=logn))
         try:
             return super().forward(
                 input_ids=input_ids,

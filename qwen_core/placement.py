@@ -190,7 +190,9 @@ def plan_placement(
     device, used = _resolve_device(device, gpus)
     if ckpt.is_gptq:
         precision = _gptq_precision(ckpt, precision, device, model_id)
-        dtype = torch.float16 if device != "cpu" else torch.bfloat16
+        # GPU kernels run in fp16; on CPU gptqmodel's pure-torch kernel in fp32 matches the
+        # dequantized weights to fp16 rounding (its fused 4-bit CPU kernel computes in bf16).
+        dtype = torch.float16 if device != "cpu" else torch.float32
     else:
         precision = _fp_precision(ckpt, precision, device, used, model_id)
         dtype = DTYPES[precision]

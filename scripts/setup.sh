@@ -12,10 +12,11 @@ if [ ! -f "$stamp" ]; then
   python -m pip install -q --upgrade pip
   # torch alone first, pinned, so nothing later can pull a CUDA build.
   python -m pip install -q "torch==2.13.0"
+  reqs=(-r requirements.txt -r requirements-gptq.txt)
   if [ "${1:-}" = "--dev" ]; then
-    python -m pip install -q -r requirements.txt -r requirements-dev.txt
-  else
-    python -m pip install -q -r requirements.txt
+    reqs+=(-r requirements-dev.txt)
   fi
+  # torch==2.13.0 repeated so no requirement can swap it for another build.
+  python -m pip install -q "torch==2.13.0" "${reqs[@]}"
   touch "$stamp"
 fi

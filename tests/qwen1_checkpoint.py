@@ -163,3 +163,88 @@ def write_checkpoint(
     # The published repos ship remote code; a file that would fail loudly if ever executed.
     (folder / "modeling_qwen.py").write_text("raise RuntimeError('checkpoint code must never be executed')\n")
     return folder
+
+
+# --- GPTQ (Qwen's published Int4/Int8 format: auto-gptq v1, sym, desc_act false) -------------
+
+GPTQ_GROUP = 128
+QUANTIZED = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
+
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """[rows, cols] codes → int32 [rows * bits / 32, cols]; code j of a pack at bit bits*j."""
+    per = 32 // bits
+    rows, cols = codes.shape
+    c = codes.to(torch.int64).reshape(rows // per, per, cols)
+    packed = torch.zeros(rows // per, cols, dtype=torch.int64)
+    for j in range(per):
+        packed |= c[:, j, :] << (bits * j)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
+    return packed.to(torch.int32)
+
+
+def gptq_quantize(weight: torch.Tensor, bits: int) -> tuple[dict, torch.Tensor]:
+    """Quantize an fp ``[out, in]`` weight; returns the v1 tensors and the dequantized weight."""
+    out_f, in_f = weight.shape
+    groups = in_f // GPTQ_GROUP
+    real_zero = 2 ** (bits - 1)
+    wg = weight.t().float().reshape(groups, GPTQ_GROUP, out_f)
+    scales = (wg.abs().amax(dim=1) / (2 ** (bits - 1) - 0.5)).clamp(min=1e-6).to(torch.float16)
+    s = scales.float()[:, None, :]
+    codes = torch.clamp(torch.round(wg / s) + real_zero, 0, 2**bits - 1)
+    dequant = (s * (codes - real_zero)).reshape(in_f, out_f).t().contiguous()
+    stored_zero = torch.full((groups, out_f), real_zero - 1, dtype=torch.int64)  # v1: real zero - 1
+    tensors = {
+        "qweight": _pack(codes.reshape(in_f, out_f), bits),
+        "qzeros": _pack(stored_zero.t().contiguous(), bits).t().contiguous(),
+        "scales": scales,
+        "g_idx": (torch.arange(in_f) // GPTQ_GROUP).to(torch.int32),
+    }
+    return tensors, dequant
+
+
+def write_gptq_checkpoint(folder: str | Path, reference: str | Path, shape: Shape, bits: int, seed: int = 0) -> Path:
+    """A Qwen-1 GPTQ checkpoint (``folder``) and the fp32 checkpoint of its dequantized weights (``reference``)."""
+    folder, reference = Path(folder), Path(reference)
+    write_checkpoint(reference, shape, "float32", seed=seed)
+    from safetensors.torch import load_file
+
+    fp = load_file(str(reference / "model.safetensors"))
+    quant: dict[str, torch.Tensor] = {}
+    for name, tensor in fp.items():
+        module = name.rsplit(".", 1)[0]
+        if module.split(".", 3)[-1] in QUANTIZED:
+            if name.endswith(".bias"):
+                continue
+            tensors, dequant = gptq_quantize(tensor, bits)
+            quant.update({f"{module}.{k}": v for k, v in tensors.items()})
+            bias = fp.get(f"{module}.bias")
+            # Qwen's GPTQ repos give every quantized linear a bias, all zeros where the fp layer had none.
+            quant[f"{module}.bias"] = (bias if bias is not None else torch.zeros(tensor.shape[0])).to(torch.float16)
+            fp[name] = dequant.to(torch.float16).float()  # the weights as the kernel sees them
+            if bias is not None:
+                fp[f"{module}.bias"] = bias.to(torch.float16).float()
+        else:
+            quant[name] = tensor.to(torch.float16)
+            fp[name] = quant[name].float()
+    save_file(fp, str(reference / "model.safetensors"), metadata={"format": "pt"})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(quant, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    qcfg = {
+        "bits": bits,
+        "group_size": GPTQ_GROUP,
+        "damp_percent": 0.01,
+        "desc_act": False,
+        "static_groups": False,
+        "sym": True,
+        "true_sequential": True,
+        "model_name_or_path": None,
+        "model_file_base_name": "model",
+    }
+    config = config_json(shape, "float16")
+    config["quantization_config"] = {**qcfg, "quant_method": "gptq"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+    shutil.copyfile(qwen_vocab_file(), folder / "qwen.tiktoken")
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -58,7 +59,7 @@ def test_chat_api_streams_the_engine_reply(server, engine):
     settings = {"temperature": 0, "max_new_tokens": 20}
     job = client.submit("Hello API", [["hi", "hello"]], "Be brief.", settings, api_name="/chat")
     outputs = list(job)
-    assert len(outputs) > 2 and all(b.startswith(a.strip()) or a.strip() == b for a, b in zip(outputs, outputs[1:]))
+    assert len(outputs) > 2 and all(b.startswith(a.strip()) or a.strip() == b for a, b in itertools.pairwise(outputs))
     want = engine.chat("Hello API", history=[("hi", "hello")], system="Be brief.", do_sample=False, max_new_tokens=20)
     assert job.outputs()[-1] == want
     # Messages-format history works the same.
@@ -111,5 +112,10 @@ def test_config_from_environment(monkeypatch):
     monkeypatch.setenv("PORT", "9000")
     monkeypatch.setenv("QWEN_AUTH", "ann:pw1,bob:pw2")
     cfg = app.parse_config([])
-    assert (cfg.model, cfg.precision, cfg.port, cfg.auth) == ("/models/x", "bf16", 9000, (("ann", "pw1"), ("bob", "pw2")))
+    assert (cfg.model, cfg.precision, cfg.port, cfg.auth) == (
+        "/models/x",
+        "bf16",
+        9000,
+        (("ann", "pw1"), ("bob", "pw2")),
+    )
     assert app.parse_config(["--port", "8001"]).port == 8001  # flags win

@@ -303,3 +303,19 @@ def test_model_switch_keeps_previous_on_failure(engine, ckpt_dir):
     status = m.status()
     assert status["loaded"] and status["precision"] == "fp32" and status["device"] == "cpu"
     assert status["memory"]["rss_gb"] > 0
+
+
+def test_busy_session_refuses_a_second_reply_and_stop_commits_the_partial_one(service):
+    store = service.add_user_message(empty_store(), "long please")
+    gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "busy")
+    next(gen)
+    assert service.is_busy("busy") and not service.is_busy("someone-else")
+    other = service.add_user_message(empty_store(), "meanwhile")
+    with pytest.raises(ChatInputError, match="still being generated"):
+        next(service.stream_reply(other, "S", GREEDY, "busy"))
+    service.cancel("busy")
+    gen.close()  # what Gradio does to the cancelled event
+    saved = service.wait_idle("busy", timeout=30)
+    assert not service.is_busy("busy")
+    reply = service.active(saved)["messages"][-1]
+    assert reply["role"] == "assistant" and reply["content"] and reply.get("stopped")

@@ -130,8 +130,14 @@ class Handlers:
             self.user_store.save(username, store)
 
     # --- chat -------------------------------------------------------------------
-    def submit(self, message: str, store):
+    def _guard(self, request: gr.Request | None) -> None:
+        """Refuse actions that would change the chat while its reply is streaming."""
+        if request is not None and self.service.is_busy(request.session_hash or "anonymous"):
+            raise gr.Error("A reply is still being generated: wait for it, or press Stop.", duration=5)
+
+    def submit(self, message: str, store, request: gr.Request = None):
         """Show the user's message at once and clear the input; a bad message is refused."""
+        self._guard(request)
         store = self.service.ensure_store(store)
         try:
             self.service.add_user_message(store, message)
@@ -151,9 +157,11 @@ class Handlers:
         stats_text = ""
         try:
             settings = settings_dict(values)
+            # While streaming only the chatbot changes; the store (all chats, encrypted into
+            # localStorage) is sent once at the end, or by after_stop() when Stop cancels this.
             for _, stats in self.service.stream_reply(store, system, settings, session, bool(in_first_turn)):
                 stats_text = self.stats_markdown(stats)
-                yield store, to_chatbot(conv["messages"]), stats_text, gr.update(interactive=True)
+                yield gr.skip(), to_chatbot(conv["messages"]), stats_text, gr.update(interactive=True)
         except USER_ERRORS as exc:
             gr.Warning(str(exc), duration=10)
             conv["messages"].append({"role": "event", "content": f"⚠️ {exc}"})
@@ -166,24 +174,34 @@ class Handlers:
         """Stop this session's reply within one token."""
         self.service.cancel(request.session_hash or "anonymous")
 
-    def regenerate(self, store):
+    def after_stop(self, request: gr.Request):
+        """Once the stopped reply has ended, save the conversation with its partial reply."""
+        store = self.service.wait_idle(request.session_hash or "anonymous")
+        if store is None:
+            return gr.skip(), gr.skip(), gr.update(interactive=False)
+        return store, to_chatbot(self.service.active(store)["messages"]), gr.update(interactive=False)
+
+    def regenerate(self, store, request: gr.Request = None):
         """Drop the last reply (the chain then streams a new one)."""
+        self._guard(request)
         try:
             self.service.regenerate(self.service.ensure_store(store))
         except ChatInputError as exc:
             raise gr.Error(str(exc)) from None
         return self._view(store)[:2]
 
-    def undo(self, store):
+    def undo(self, store, request: gr.Request = None):
         """Remove the last exchange and put the message back into the input."""
+        self._guard(request)
         try:
             store, text = self.service.undo(self.service.ensure_store(store))
         except ChatInputError as exc:
             raise gr.Error(str(exc)) from None
         return *self._view(store)[:2], text
 
-    def edit(self, store, data: gr.EditData):
+    def edit(self, store, data: gr.EditData, request: gr.Request = None):
         """An edited user message replaces the original and the conversation continues from it."""
+        self._guard(request)
         try:
             index = data.index if isinstance(data.index, int) else data.index[0]
             self.service.edit(self.service.ensure_store(store), index, str(data.value))
@@ -191,8 +209,9 @@ class Handlers:
             raise gr.Error(str(exc)) from None
         return self._view(store)[:2]
 
-    def clear(self, store):
+    def clear(self, store, request: gr.Request = None):
         """Empty the conversation on screen."""
+        self._guard(request)
         return self._view(self.service.clear(self.service.ensure_store(store)))
 
     # --- context meter ------------------------------------------------------------
@@ -272,16 +291,18 @@ class Handlers:
         return self.model_status(), self.model_choices(), *self.default_settings()
 
     # --- conversations ---------------------------------------------------------------
-    def new_chat(self, store, persona_id):
+    def new_chat(self, store, persona_id, request: gr.Request = None):
         """Start a new chat with the current persona."""
+        self._guard(request)
         try:
             store = self.service.new_conversation(self.service.ensure_store(store), persona_id)
         except ChatInputError as exc:
             raise gr.Error(str(exc)) from None
         return self._view(store)
 
-    def select_chat(self, store, conv_id):
+    def select_chat(self, store, conv_id, request: gr.Request = None):
         """Open a chat from the sidebar; its persona comes back with it."""
+        self._guard(request)
         store = self.service.ensure_store(store)
         if conv_id and conv_id != store["active"]:
             try:
@@ -303,8 +324,9 @@ class Handlers:
             raise gr.Error(str(exc)) from None
         return self._view(store)
 
-    def delete_chat(self, store):
+    def delete_chat(self, store, request: gr.Request = None):
         """Delete the chat on screen."""
+        self._guard(request)
         return self._view(self.service.delete(self.service.ensure_store(store)))
 
     def exports(self, store):

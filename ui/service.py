@@ -71,6 +71,11 @@ class ContextReport:
 @dataclass
 class _Session:
     cancel: threading.Event = field(default_factory=threading.Event)
+    idle: threading.Event = field(default_factory=threading.Event)  # set while no reply is generating
+    store: dict | None = None  # the store as the running (or last) reply left it
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 def empty_store() -> dict:
@@ -146,6 +151,16 @@ class ChatService:
         if session:
             session.cancel.set()
 
+    def is_busy(self, session_id: str) -> bool:
+        """Whether a reply is being generated for this session."""
+        return not self.session(session_id).idle.is_set()
+
+    def wait_idle(self, session_id: str, timeout: float = 30.0) -> dict | None:
+        """Wait for this session's reply to end; returns the store it left (with the partial reply)."""
+        session = self.session(session_id)
+        session.idle.wait(timeout)
+        return session.store
+
     def _engine(self):
         engine = self.manager.engine
         if engine is None:
@@ -177,8 +192,11 @@ class ChatService:
             pending.insert(0, msgs[query_at]["content"])
         history = to_model_history(msgs[:query_at])
         self._note_system_change(conv, system, query_at)
+        session = self.session(session_id)
+        if not session.idle.is_set():
+            raise ChatInputError("A reply is still being generated; wait for it or press Stop.")
         cancel = threading.Event()
-        self.session(session_id).cancel = cancel
+        session.cancel = cancel
         gen = {k: v for k, v in (settings or {}).items() if v is not None}
         stream = engine.stream_chat(
             "\n\n".join(pending),
@@ -192,6 +210,8 @@ class ChatService:
         conv["messages"].append(reply)
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
+        session.store = store
+        session.idle.clear()
         try:
             for piece in stream:
                 reply["content"] += piece
@@ -210,6 +230,7 @@ class ChatService:
             if res.finish_reason == "cancelled":
                 reply["stopped"] = True
             self._touch(conv)
+            session.idle.set()
         yield store, stats
 
     def _note_system_change(self, conv: dict, system: str, before: int) -> None:

@@ -46,7 +46,9 @@ def wire(page: Page, h: Handlers) -> None:
     replies.append(ev.success(**respond_io))
     for reply in replies:
         reply.then(**meter_io).then(None, js=MARK_DROPPED_JS)
-    p.stop.click(h.stop, None, None, cancels=replies, queue=False)
+    p.stop.click(h.stop, None, None, cancels=replies, queue=False).then(
+        h.after_stop, None, [p.store, p.chatbot, p.stop], queue=False
+    ).then(**meter_io)
 
     p.undo.click(h.undo, [p.store], [*chat, p.message], queue=False)
     p.chatbot.undo(h.undo, [p.store], [*chat, p.message], queue=False)
