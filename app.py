@@ -37,7 +37,13 @@ class AppConfig:
     server_history: bool = False
     concurrency: int = 4
     max_message_chars: int = 64_000
+    max_queue: int = 32
+    rate_limit: int = 0  # requests per minute per user; 0 = off
+    max_body_bytes: int = 2_000_000
+    cors_origins: tuple[str, ...] = ()
+    log_content: bool = False
     auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -50,6 +56,12 @@ class AppConfig:
             raise ValueError("--concurrency must be between 1 and 256")
         if not 1 <= self.max_message_chars <= 10_000_000:
             raise ValueError("--max-message-chars must be between 1 and 10,000,000")
+        if not 0 <= self.max_queue <= 100_000:
+            raise ValueError("--max-queue must be between 0 and 100,000")
+        if not 0 <= self.rate_limit <= 1_000_000:
+            raise ValueError("--rate-limit must be between 0 and 1,000,000 per minute")
+        if not 1024 <= self.max_body_bytes <= 1_000_000_000:
+            raise ValueError("--max-body-bytes must be between 1 KB and 1 GB")
 
 
 def _env(name: str, default=None):
@@ -95,6 +107,12 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
     ap.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "4")))
     ap.add_argument("--max-message-chars", type=int, default=int(_env("MAX_MESSAGE_CHARS", "64000")))
     ap.add_argument("--auth", default=_env("AUTH"), help="user:password[,…] or @file; protects UI and API")
+    ap.add_argument("--api-key", default=_env("API_KEY", ""), help="comma-separated keys accepted by /v1 (Bearer)")
+    ap.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")), help="replies waiting before 429")
+    ap.add_argument("--rate-limit", type=int, default=int(_env("RATE_LIMIT", "0")), help="requests/minute/user, 0=off")
+    ap.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", "2000000")))
+    ap.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""), help="comma-separated; closed by default")
+    ap.add_argument("--log-content", action="store_true", default=_truthy(_env("LOG_CONTENT", "0")))
     a = ap.parse_args(argv)
     return AppConfig(
         model=a.model or None,
@@ -111,7 +129,13 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         server_history=a.server_history,
         concurrency=a.concurrency,
         max_message_chars=a.max_message_chars,
+        max_queue=a.max_queue,
+        rate_limit=a.rate_limit,
+        max_body_bytes=a.max_body_bytes,
+        cors_origins=tuple(o.strip() for o in a.cors_origins.split(",") if o.strip()),
+        log_content=a.log_content,
         auth=_parse_auth(a.auth),
+        api_keys=tuple(k.strip() for k in a.api_key.split(",") if k.strip()),
     )
 
 
@@ -128,9 +152,12 @@ def pick_model(config: AppConfig) -> str:
 
 
 def build(config: AppConfig):
-    """Load the model and build the UI; returns (demo, launch kwargs)."""
+    """Load the model and compose UI + API; returns the ASGI app."""
     from qwen_core import load_engine
     from qwen_core.manager import ModelManager, ModelSpec
+    from qwen_core.scheduler import Scheduler, SchedulerConfig
+    from server.auth import Auth
+    from server.http import create_app
     from ui import UIConfig, build_app
     from ui.service import Limits
 
@@ -142,13 +169,25 @@ def build(config: AppConfig):
         log.info("%3d%% %s", int(fraction * 100), message)
 
     manager.start(first, progress)
+    scheduler = Scheduler(SchedulerConfig(config.concurrency, config.max_queue, config.rate_limit))
     ui_config = UIConfig(
         data_dir=Path(config.data_dir),
         server_history=config.server_history,
         concurrency=config.concurrency,
         limits=Limits(max_message_chars=config.max_message_chars),
     )
-    return build_app(manager, ui_config)
+    demo, launch_kwargs = build_app(manager, ui_config, scheduler)
+    auth = Auth.from_pairs(config.auth, config.api_keys)
+    return create_app(
+        manager,
+        scheduler,
+        demo,
+        launch_kwargs,
+        auth=auth,
+        cors_origins=config.cors_origins,
+        max_body_bytes=config.max_body_bytes,
+        log_content=config.log_content,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,18 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_core.errors import QwenCoreError
 
     try:
-        demo, launch_kwargs = build(config)
+        asgi = build(config)
     except QwenCoreError as exc:
         print(f"\nCannot start: {exc}\n", file=sys.stderr)
         return 2
-    demo.launch(
-        server_name=config.host,
-        server_port=config.port,
-        share=config.share,
-        auth=list(config.auth) or None,
-        show_error=True,
-        **launch_kwargs,
-    )
+    if config.share:
+        log.warning("--share is not available when the API is mounted beside the UI; use a tunnel or --host 0.0.0.0")
+    import uvicorn
+
+    log.info("Serving the UI at http://%s:%d/ and the API at /v1", config.host, config.port)
+    uvicorn.run(asgi, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
 

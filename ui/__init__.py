@@ -30,11 +30,11 @@ class UIConfig:
     title: str = "Qwen Chat"
 
 
-def build_app(manager, config: UIConfig) -> tuple[gr.Blocks, dict]:
-    """Build the Blocks app; returns it and the kwargs ``launch()`` needs (i18n, css)."""
+def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dict]:
+    """Build the Blocks app; returns it and the kwargs ``launch()`` / ``mount_gradio_app()`` need."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     personas = PersonaStore(ASSETS / "personas", config.data_dir / "personas")
-    service = ChatService(manager, personas, config.limits)
+    service = ChatService(manager, personas, config.limits, scheduler)
     users = UserStore(config.data_dir / "users") if config.server_history else None
     handlers = Handlers(service, users)
     context = manager.engine.info.context_length if manager.engine else 8192
@@ -42,6 +42,7 @@ def build_app(manager, config: UIConfig) -> tuple[gr.Blocks, dict]:
     with page.demo:
         wire(page, handlers)
         gr.api(make_chat_endpoint(service), api_name="chat", concurrency_id="generate")
-    page.demo.queue(default_concurrency_limit=config.concurrency, max_size=max(16, 8 * config.concurrency))
+    # Gradio's own queue only needs to pass requests on; the scheduler decides who runs.
+    page.demo.queue(default_concurrency_limit=max(8, 2 * config.concurrency), max_size=max(64, 16 * config.concurrency))
     page.demo.service = service  # for tests and the HTTP API
     return page.demo, {"i18n": i18n, "css": CSS}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from qwen_core.errors import QwenCoreError
 from qwen_core.manager import ModelManager
+from qwen_core.scheduler import Busy, Scheduler
 
 from .conversations import (
     MAX_CONVERSATIONS,
@@ -87,10 +88,17 @@ def empty_store() -> dict:
 class ChatService:
     """The UI's operations; one instance serves every browser session."""
 
-    def __init__(self, manager: ModelManager, personas: PersonaStore, limits: Limits | None = None):
+    def __init__(
+        self,
+        manager: ModelManager,
+        personas: PersonaStore,
+        limits: Limits | None = None,
+        scheduler: Scheduler | None = None,
+    ):
         self.manager = manager
         self.personas = personas
         self.limits = limits or Limits()
+        self.scheduler = scheduler or Scheduler()
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
@@ -198,20 +206,33 @@ class ChatService:
         cancel = threading.Event()
         session.cancel = cancel
         gen = {k: v for k, v in (settings or {}).items() if v is not None}
-        stream = engine.stream_chat(
-            "\n\n".join(pending),
-            history,
-            system,
-            cancel=cancel,
-            system_in_first_turn=system_in_first_turn,
-            **gen,
-        )
+        session.store = store
+        session.idle.clear()  # busy from here, also while queued for a slot
+        try:
+            self.scheduler.acquire(session_id, cancel)
+        except Busy as exc:
+            session.idle.set()
+            raise ChatInputError(str(exc)) from None
+        except BaseException:
+            session.idle.set()
+            raise
+        try:
+            stream = engine.stream_chat(
+                "\n\n".join(pending),
+                history,
+                system,
+                cancel=cancel,
+                system_in_first_turn=system_in_first_turn,
+                **gen,
+            )
+        except BaseException:
+            self.scheduler.release()
+            session.idle.set()
+            raise
         reply = {"role": "assistant", "content": ""}
         conv["messages"].append(reply)
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
-        session.store = store
-        session.idle.clear()
         try:
             for piece in stream:
                 reply["content"] += piece
@@ -231,6 +252,7 @@ class ChatService:
                 reply["stopped"] = True
             self._touch(conv)
             session.idle.set()
+            self.scheduler.release()
         yield store, stats
 
     def _note_system_change(self, conv: dict, system: str, before: int) -> None:
