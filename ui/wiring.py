@@ -62,15 +62,17 @@ def wire(page: Page, h: Handlers) -> None:
         trigger(**meter_io).then(None, js=MARK_DROPPED_JS)
 
     # Conversations
-    p.new_chat.click(h.new_chat, [p.store, p.persona_pick], view, queue=False)
+    p.new_chat.click(h.new_chat, [p.store, p.persona_pick], view, queue=False).then(**meter_io).then(
+        None, js=MARK_DROPPED_JS
+    )
     p.chat_list.input(
         h.select_chat, [p.store, p.chat_list], [*view, p.persona_pick, *persona_fields], queue=False
     ).then(**meter_io).then(None, js=MARK_DROPPED_JS)
     p.search.input(h.chat_list, [p.store, p.search], [p.chat_list], queue=False, trigger_mode="always_last")
     p.rename.click(h.rename_chat, [p.store, p.chat_name], view, queue=False)
     p.chat_name.submit(h.rename_chat, [p.store, p.chat_name], view, queue=False)
-    p.delete_chat.click(h.delete_chat, [p.store], view, queue=False)
-    p.import_chat.upload(h.import_chat, [p.store, p.import_chat], view)
+    p.delete_chat.click(h.delete_chat, [p.store], view, queue=False).then(**meter_io).then(None, js=MARK_DROPPED_JS)
+    p.import_chat.upload(h.import_chat, [p.store, p.import_chat], view).then(**meter_io).then(None, js=MARK_DROPPED_JS)
     p.store.change(h.exports, [p.store], [p.export_json, p.export_md], queue=False, show_progress="hidden")
     p.store.change(h.persist, [p.store], None, queue=False, show_progress="hidden")
 
