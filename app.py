@@ -44,6 +44,11 @@ class AppConfig:
     log_content: bool = False
     auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    backend: str = "local"  # or "openai": front end to OpenAI-compatible engines (vLLM, SGLang, ...)
+    endpoints: tuple[str, ...] = ()
+    endpoint_api_key: str | None = field(default=None, repr=False)
+    tokenizer_dir: str | None = None
+    remote_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -62,6 +67,14 @@ class AppConfig:
             raise ValueError("--rate-limit must be between 0 and 1,000,000 per minute")
         if not 1024 <= self.max_body_bytes <= 1_000_000_000:
             raise ValueError("--max-body-bytes must be between 1 KB and 1 GB")
+        if self.backend not in ("local", "openai"):
+            raise ValueError("--backend must be local or openai")
+        if self.backend == "openai" and (not self.endpoints or not self.tokenizer_dir):
+            raise ValueError(
+                "--backend openai needs at least one --endpoint URL and --tokenizer-dir (a folder with qwen.tiktoken)"
+            )
+        if not 1 <= self.remote_timeout <= 3600:
+            raise ValueError("--remote-timeout must be between 1 and 3600 seconds")
 
 
 def _env(name: str, default=None):
@@ -113,7 +126,13 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
     ap.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", "2000000")))
     ap.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""), help="comma-separated; closed by default")
     ap.add_argument("--log-content", action="store_true", default=_truthy(_env("LOG_CONTENT", "0")))
+    ap.add_argument("--backend", default=_env("BACKEND", "local"), choices=("local", "openai"))
+    ap.add_argument("--endpoint", action="append", default=None, help="OpenAI-compatible base URL (repeatable)")
+    ap.add_argument("--endpoint-api-key", default=_env("ENDPOINT_API_KEY"), help="key sent to the --endpoint servers")
+    ap.add_argument("--tokenizer-dir", default=_env("TOKENIZER_DIR"), help="folder with qwen.tiktoken (remote mode)")
+    ap.add_argument("--remote-timeout", type=float, default=float(_env("REMOTE_TIMEOUT", "60")))
     a = ap.parse_args(argv)
+    endpoints = a.endpoint or [e.strip() for e in (_env("ENDPOINTS", "") or "").split(",") if e.strip()]
     return AppConfig(
         model=a.model or None,
         precision=a.precision,
@@ -136,6 +155,11 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         log_content=a.log_content,
         auth=_parse_auth(a.auth),
         api_keys=tuple(k.strip() for k in a.api_key.split(",") if k.strip()),
+        backend=a.backend,
+        endpoints=tuple(endpoints),
+        endpoint_api_key=a.endpoint_api_key,
+        tokenizer_dir=a.tokenizer_dir,
+        remote_timeout=a.remote_timeout,
     )
 
 
@@ -161,9 +185,21 @@ def build(config: AppConfig):
     from ui import UIConfig, build_app
     from ui.service import Limits
 
-    first = ModelSpec(pick_model(config), config.precision, config.device, config.source)
-    others = [ModelSpec(m, "auto", config.device, config.source) for m in config.models]
-    manager = ModelManager(load_engine, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
+    if config.backend == "openai":
+        from qwen_core.remote import remote_loader
+
+        loader = remote_loader(
+            list(config.endpoints),
+            api_key=config.endpoint_api_key,
+            tokenizer_dir=config.tokenizer_dir,
+            timeout=config.remote_timeout,
+        )
+        first = ModelSpec(config.model or "", label=config.model or "remote")
+        manager = ModelManager(loader, [first])
+    else:
+        first = ModelSpec(pick_model(config), config.precision, config.device, config.source)
+        others = [ModelSpec(m, "auto", config.device, config.source) for m in config.models]
+        manager = ModelManager(load_engine, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
 
     def progress(fraction: float, message: str) -> None:
         log.info("%3d%% %s", int(fraction * 100), message)

@@ -37,10 +37,12 @@ __all__ = [
     "ReplyStream",
     "UnsupportedCombination",
     "load_engine",
+    "load_remote_engine",
 ]
 
 _LAZY = {
     "load_engine": ("loader", "load_engine"),
+    "load_remote_engine": ("remote", "load_remote_engine"),
     "Engine": ("engine", "Engine"),
     "ReplyResult": ("generation", "ReplyResult"),
     "ReplyStream": ("generation", "ReplyStream"),

@@ -26,20 +26,25 @@ and how the sampling settings travel (probed the same way):
 * ``standard``: only OpenAI's fields (temperature, top_p, seed, stop strings);
   ``top_k`` and ``repetition_penalty`` are not applied.
 
-Known servers (what they accept, as of the versions named):
+Known servers. Only ``transformers serve`` is exercised by the tests (tests/test_remote.py
+starts it); the others are read from their request schemas:
 
-=====================  =================================  =====================
-server                 prompt                             sampling dialect
-=====================  =================================  =====================
-vLLM                   token ids (``/v1/completions``)    extra-fields
-SGLang                 token ids (``/v1/completions``)    extra-fields
-transformers serve 5   text (``/v1/completions``)         generation-config
-llama-cpp-python       text (``/v1/completions``)         extra-fields (top_k
-                                                          only; its repetition
-                                                          field is named
-                                                          ``repeat_penalty``)
-others (Ollama, ...)   text or chat messages              standard
-=====================  =================================  =====================
+=======================  ==============================  ==================================
+server                   prompt                          sampling settings
+=======================  ==============================  ==================================
+vLLM                     token ids (/v1/completions),    extra-fields; /v1/models reports
+                         Qwen-1 checkpoints as they are  ``max_model_len``
+SGLang                   token ids (/v1/completions)     extra-fields; ``max_model_len``
+transformers serve 5.23  text (/v1/completions takes     generation-config (unknown fields
+                         only strings); chat messages    are refused with 422); /v1/models
+                         with the model's template       lists the hub cache, not the
+                                                         served model, so model id omitted
+llama-cpp-python         text (str or list of str)       extra-fields: ``top_k`` applies;
+                                                         ``repetition_penalty`` does not
+                                                         (it reads ``repeat_penalty``,
+                                                         default 1.1)
+Ollama, hosted APIs      text or chat messages           standard
+=======================  ==============================  ==================================
 
 Several endpoints are used round-robin. A failed health check (``GET /v1/models``) or a
 failed connection marks an endpoint down for ``cooldown`` seconds, after which it is
@@ -135,6 +140,7 @@ class Endpoint:
     down_until: float = 0.0  # monotonic time until which it is not used
     failures: int = 0
     last_error: str | None = None
+    checked_at: float = 0.0  # monotonic time of the last health check
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -347,6 +353,7 @@ class RemoteReplyStream(Iterator[str]):
         self._chan = _Channel()
         self._pieces: list[str] = []
         self._done = False
+        self._finish_lock = threading.Lock()  # close() may run in another thread than __next__
         self._started = time.perf_counter()
         self._first_at: float | None = None
         self._thread = threading.Thread(
@@ -380,9 +387,10 @@ class RemoteReplyStream(Iterator[str]):
             raise value
 
     def _finish(self, reason: str) -> None:
-        if self._done:
-            return
-        self._done = True
+        with self._finish_lock:
+            if self._done:
+                return
+            self._done = True
         chan, res = self._chan, self.result
         if reason in ("cancelled", "error"):
             chan.abandon()
@@ -540,9 +548,10 @@ def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) ->
                     raise _Failover(f"HTTP {resp.status_code}: {detail}", mark_down=resp.status_code != 429)
                 raise GenerationError(
                     f"{ep.url} refused the request (HTTP {resp.status_code}): {detail}. "
-                    "Check --remote-model and that the server serves a Qwen chat model."
+                    "Check --model (the served model id) and that the server serves a Qwen chat model."
                 )
-            events = [resp.read().decode("utf-8", "replace")] if not req.stream else _sse_events(resp)
+            whole = not req.stream or "application/json" in resp.headers.get("content-type", "")
+            events = [resp.read().decode("utf-8", "replace")] if whole else _sse_events(resp)
             for data in events:
                 if chan.abandoned.is_set():
                     return
@@ -660,7 +669,7 @@ class RemoteEngine(Engine):
         )
         self._lock = threading.Lock()
         self._next = 0
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
 
     # --- endpoint state ----------------------------------------------------------------
     def _mark_down(self, ep: Endpoint, reason: str) -> None:
@@ -682,6 +691,7 @@ class RemoteEngine(Engine):
         except (httpx.HTTPError, ValueError, AttributeError, _Failover) as exc:
             reason = str(exc) if isinstance(exc, _Failover) else _describe(exc, self.health_timeout)
             self._mark_down(ep, reason)
+            ep.checked_at = time.monotonic()
             return False
         cards = [d for d in data if isinstance(d, dict) and d.get("id")]
         lengths = [d["max_model_len"] for d in cards if isinstance(d.get("max_model_len"), int)]
@@ -690,6 +700,7 @@ class RemoteEngine(Engine):
             ep.max_model_len = min(lengths) if lengths else None
             ep.owned_by = next((str(d["owned_by"]) for d in cards if d.get("owned_by")), None)
             ep.failures, ep.last_error, ep.down_until = 0, None, 0.0
+            ep.checked_at = time.monotonic()
         return True
 
     def check_endpoints(self) -> list[dict]:
@@ -713,10 +724,18 @@ class RemoteEngine(Engine):
         return up or order
 
     def _ready(self, ep: Endpoint) -> bool:
-        """Whether ``ep`` can take a request: health-checked after a failure, probed once."""
+        """Whether ``ep`` can take a request: health-checked after a failure, probed once.
+
+        Requests waiting on the same failed endpoint share one health check: whoever gets
+        the lock after a check that ended while it waited takes that check's answer.
+        """
+        asked = time.monotonic()
         with ep.lock:
-            if ep.failures and not self.check_health(ep):
-                return False
+            if ep.failures:
+                if ep.checked_at >= asked:
+                    return False  # checked while we waited, and still failing
+                if not self.check_health(ep):
+                    return False
             if ep.mode is None:
                 try:
                     self._probe(ep)
@@ -733,12 +752,13 @@ class RemoteEngine(Engine):
         return EndpointsUnavailable(
             f"No inference server could take the request. Tried: {tried}. Check that the servers are running and "
             "reachable from this machine, that each --endpoint is the server's base URL (e.g. http://host:8000 or "
-            "http://host:8000/v1), and --api-key if they require one. Endpoints that failed are retried after "
-            f"{self.cooldown:.0f} s."
+            "http://host:8000/v1), and --endpoint-api-key if they require a key. "
+            f"Endpoints that failed are retried after {self.cooldown:.0f} s."
         )
 
     # --- probing -------------------------------------------------------------------------
-    def _probe_request(self, ep: Endpoint, mode: str, dialect: str) -> tuple[int, str]:
+    def _probe_request(self, ep: Endpoint, mode: str, dialect: str) -> tuple[int, str, dict]:
+        """One 1-token request: (HTTP status, error detail, answer)."""
         plan = self.prompts.plan("Hi", None, DEFAULT_SYSTEM, self.defaults.max_window_size)
         sampling = dialect != DIALECT_STANDARD
         settings = (
@@ -758,6 +778,10 @@ class RemoteEngine(Engine):
         body = build_body(
             mode, dialect, req, model=self.served_model, stop_ids=self.stop_ids, suppress_ids=self.suppress_ids
         )
+        if dialect == DIALECT_STANDARD:
+            # The mode probe: the plainest request. (Stop strings cost transformers serve seconds per
+            # request, a scan of the whole vocabulary; the dialect it is then found to take sends none.)
+            body.pop("stop", None)
         try:
             resp = self._client.post(
                 ep.url + _PATHS[mode], json=body, timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout)
@@ -768,27 +792,52 @@ class RemoteEngine(Engine):
             raise _Failover(f"HTTP {resp.status_code} while probing: {_error_detail(resp)}")
         if resp.status_code in (401, 403):
             raise _Failover(f"HTTP {resp.status_code}: the server refused the API key ({_error_detail(resp)})")
-        return resp.status_code, "" if resp.status_code == 200 else _error_detail(resp)
+        if resp.status_code != 200:
+            return resp.status_code, _error_detail(resp), {}
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            return resp.status_code, "the answer is not an OpenAI completion", {}
+        if len(data["choices"]) != 1:
+            return resp.status_code, f"one prompt got {len(data['choices'])} answers", {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        counted = usage.get("prompt_tokens")
+        if isinstance(counted, int) and counted != len(plan.ids):
+            if mode == MODE_IDS:
+                return resp.status_code, f"it counted {counted} prompt tokens for {len(plan.ids)} token ids", {}
+            if (ep.url, mode) not in self._warned:
+                self._warned.add((ep.url, mode))
+                log.warning(
+                    "Endpoint %s counts %d tokens where Qwen's tokenizer counts %d: its tokenizer or chat template "
+                    "is not Qwen-1's ChatML, so replies will differ from the local engine's.",
+                    ep.url,
+                    counted,
+                    len(plan.ids),
+                )
+        return resp.status_code, "", data
 
     def _probe(self, ep: Endpoint) -> None:
         """Find the most exact prompt mode and the sampling dialect ``ep`` accepts (1-token requests)."""
         rejected = []
         for mode in APIS[self.api]:
-            code, detail = self._probe_request(ep, mode, DIALECT_STANDARD)
-            if code == 200:
+            code, detail, _ = self._probe_request(ep, mode, DIALECT_STANDARD)
+            if code == 200 and not detail:
                 break
             what = {MODE_IDS: "token-id prompts", MODE_TEXT: "text prompts", MODE_CHAT: "chat messages"}[mode]
             rejected.append(f"{_PATHS[mode]} with {what}: HTTP {code} {detail}")
         else:
             hint = ""
             if self.served_model is None and len(ep.models) > 1:
-                hint = f" It serves several models ({', '.join(ep.models)}): choose one with --remote-model."
+                hint = f" It serves several models ({', '.join(ep.models)}): choose one with --model."
             raise RemoteProtocolMismatch(
                 f"{ep.url} accepts none of the requests this app sends: {'; '.join(rejected)}.{hint}"
             )
         dialect = DIALECT_STANDARD
         for candidate in (DIALECT_EXTRA, DIALECT_GENCONFIG):
-            if self._probe_request(ep, mode, candidate)[0] == 200:
+            code, detail, _ = self._probe_request(ep, mode, candidate)
+            if code == 200 and not detail:
                 dialect = candidate
                 break
         with self._lock:
@@ -842,11 +891,12 @@ class RemoteEngine(Engine):
         plan: PromptPlan | None,
         ids: list[int],
         settings: GenerationSettings,
-        cancel,
+        cancel: threading.Event | None,
         *,
-        messages=None,
-        stream=True,
-    ):
+        messages: list[dict] | None = None,
+        stream: bool = True,
+    ) -> RemoteReplyStream:
+        """Check the length and start the worker (the lowest level every call goes through)."""
         limit = self.info.context_length
         if len(ids) >= limit:
             raise InputTooLong(
@@ -884,7 +934,10 @@ class RemoteEngine(Engine):
         stream: bool = True,
         **gen,
     ) -> RemoteReplyStream:
-        """Stream the reply to ``query``; see :meth:`Engine.stream_chat`. ``stream=False`` asks the server for one JSON reply."""
+        """Stream the reply to ``query``; see :meth:`Engine.stream_chat`.
+
+        ``stream=False`` asks the server for one JSON reply (the stream then yields it as one piece).
+        """
         settings = self.settings(**gen)
         plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn)
         messages = chat_messages(plan, query, history, system, system_in_first_turn)

@@ -60,8 +60,11 @@ def build_hf_tokenizer(vocab_file: str | Path):
     return tok
 
 
-def write_served_checkpoint(engine, folder: str | Path, vocab_file: str | Path) -> Path:
-    """Write ``engine.model`` (a loaded Qwen-1 model) as a Qwen2 checkpoint ``transformers serve`` loads."""
+def write_served_checkpoint(engine, folder: str | Path, hf_tokenizer) -> Path:
+    """Write ``engine.model`` (a loaded Qwen-1 model) as a Qwen2 checkpoint ``transformers serve`` loads.
+
+    ``hf_tokenizer`` comes from :func:`build_hf_tokenizer` (built once: it takes ~10 s).
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -81,7 +84,7 @@ def write_served_checkpoint(engine, folder: str | Path, vocab_file: str | Path) 
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     generation = {"eos_token_id": [151645, 151644, 151643], "pad_token_id": 151643, "do_sample": False}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    build_hf_tokenizer(vocab_file).save_pretrained(str(folder))
+    hf_tokenizer.save_pretrained(str(folder))
     return folder
 
 
@@ -152,6 +155,15 @@ class ServeProcess:
         except OSError:
             return ""
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open but never answers (a hung server)."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the server at once (its open streams die mid-reply)."""
         if self.proc.poll() is None:
@@ -161,6 +173,7 @@ class ServeProcess:
     def stop(self) -> None:
         """Terminate politely, then kill; close the log."""
         if self.proc.poll() is None:
+            self.resume()
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
