@@ -228,7 +228,7 @@ class Handlers:
         dropped = ""
         if r.dropped_turns:
             dropped = (
-                f"<div class='dropped'>⛔ {len(r.dropped_turns)} oldest turn(s) will not be sent "
+                f"<div class='dropped-note' role='status'>⛔ {len(r.dropped_turns)} oldest turn(s) will not be sent "
                 f"(max_window_size {r.window}); marked in the chat.</div>"
             )
         text = (

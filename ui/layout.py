@@ -17,7 +17,7 @@ LATEX = [
 
 CSS = """
 #meter { font-size: 0.85em; }
-#meter .dropped { text-decoration: line-through; opacity: 0.6; }
+#meter .dropped-note { color: var(--error-text-color, #b91c1c); margin-top: 2px; }
 #meter .bar { height: 6px; background: var(--neutral-200); border-radius: 3px; overflow: hidden; }
 #meter .bar > div { height: 100%; background: var(--color-accent); }
 #chat .message-row.qc-dropped { opacity: 0.45; }
