@@ -319,3 +319,18 @@ def test_busy_session_refuses_a_second_reply_and_stop_commits_the_partial_one(se
     assert not service.is_busy("busy")
     reply = service.active(saved)["messages"][-1]
     assert reply["role"] == "assistant" and reply["content"] and reply.get("stopped")
+
+
+def test_persona_example_dialogue_leads_the_history(service, engine):
+    examples = [("今天天气真好", "The weather is lovely today.")]
+    store = service.add_user_message(empty_store(), "你好")
+    report = service.context(store, "Translate.", "", 6144, examples=examples)
+    assert "今天天气真好" in report.raw_prompt and report.n_turns == 1
+    for _ in service.stream_reply(store, "Translate.", GREEDY, "ex", examples=examples):
+        pass
+    want = engine.chat("你好", history=examples, system="Translate.", **GREEDY)
+    assert service.active(store)["messages"][-1]["content"] == want
+    # the examples go first when the window is small, and have no rows to mark in the chat
+    small = service.context(store, "Translate.", "", 30, examples=examples)
+    assert small.dropped_turns[0] == 0  # the example turn is dropped first
+    assert small.dropped_messages == [i for t in small.dropped_turns[1:] for i in (0, 1)]

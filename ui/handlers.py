@@ -22,6 +22,18 @@ SETTING_ORDER = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new
 USER_ERRORS = (ChatInputError, QwenCoreError, PersonaError, ConversationError, ValueError)
 
 
+def parse_examples(text: str | None) -> list[tuple[str, str]]:
+    """The persona editor's example dialogue (JSON ``[[user, assistant], ...]``); bad JSON is ignored here
+    (saving the persona reports it)."""
+    try:
+        pairs = json.loads(text or "[]")
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(pairs, list):
+        return []
+    return [(p[0], p[1]) for p in pairs if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)]
+
+
 def settings_dict(values) -> dict:
     """Slider values → engine settings (temperature 0 = greedy, seed -1 = random)."""
     s = dict(zip(SETTING_ORDER, values, strict=True))
@@ -146,7 +158,7 @@ class Handlers:
         return "", *self._view(store)
 
     def respond(
-        self, store, system, in_first_turn, temperature, top_p, top_k, rep_penalty, max_new, seed, window,
+        self, store, system, in_first_turn, examples, temperature, top_p, top_k, rep_penalty, max_new, seed, window,
         request: gr.Request,
     ):  # fmt: skip
         """Stream the reply; errors end it with a visible note and the app keeps serving."""
@@ -159,7 +171,10 @@ class Handlers:
             settings = settings_dict(values)
             # While streaming only the chatbot changes; the store (all chats, encrypted into
             # localStorage) is sent once at the end, or by after_stop() when Stop cancels this.
-            for _, stats in self.service.stream_reply(store, system, settings, session, bool(in_first_turn)):
+            replies = self.service.stream_reply(
+                store, system, settings, session, bool(in_first_turn), parse_examples(examples)
+            )
+            for _, stats in replies:
                 stats_text = self.stats_markdown(stats)
                 yield gr.skip(), to_chatbot(conv["messages"]), stats_text, gr.update(interactive=True)
         except USER_ERRORS as exc:
@@ -215,11 +230,16 @@ class Handlers:
         return self._view(self.service.clear(self.service.ensure_store(store)))
 
     # --- context meter ------------------------------------------------------------
-    def meter(self, store, system, draft, in_first_turn, window):
+    def meter(self, store, system, draft, in_first_turn, window, examples=None):
         """Counts of the next prompt against the window and the context, and the raw prompt."""
         try:
             r = self.service.context(
-                self.service.ensure_store(store), system, draft or "", int(window), bool(in_first_turn)
+                self.service.ensure_store(store),
+                system,
+                draft or "",
+                int(window),
+                bool(in_first_turn),
+                parse_examples(examples),
             )
         except USER_ERRORS as exc:
             return f"<div data-dropped='[]'>⚠️ {html.escape(str(exc))}</div>", ""
@@ -384,9 +404,12 @@ class Handlers:
 
     def save_persona(self, persona_id, name, avatar, system, greeting, dialogue, first_turn, *values):
         """Save the editor as a user persona (editing a built-in saves your own copy over it)."""
+        current = self.service.personas.get(persona_id or "")
+        if current is None or (current.builtin and (name or "").strip() != current.name):
+            persona_id = self.service.personas.unique_id(name or "persona")
         try:
             persona = self._persona_from_fields(
-                persona_id or self.service.personas.unique_id(name or "persona"),
+                persona_id,
                 name, avatar, system, greeting, dialogue, first_turn, values,
             )  # fmt: skip
             persona = self.service.personas.save(persona)

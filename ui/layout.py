@@ -20,8 +20,8 @@ CSS = """
 #meter .dropped-note { color: var(--error-text-color, #b91c1c); margin-top: 2px; }
 #meter .bar { height: 6px; background: var(--neutral-200); border-radius: 3px; overflow: hidden; }
 #meter .bar > div { height: 100%; background: var(--color-accent); }
-#chat .message-row.qc-dropped { opacity: 0.45; }
-#chat .message-row.qc-dropped::before { content: "⛔ not sent: outside max_window_size"; font-size: 0.75em; }
+#chat .qc-dropped { opacity: 0.45; }
+#chat .qc-dropped::before { content: "⛔ not sent: outside max_window_size"; font-size: 0.75em; display: block; }
 """
 
 # Marks the chat rows the next prompt will drop (message indices come from the meter).
@@ -29,8 +29,10 @@ MARK_DROPPED_JS = """
 () => {
   const meter = document.querySelector('#meter [data-dropped]');
   const dropped = new Set(meter ? JSON.parse(meter.dataset.dropped) : []);
-  document.querySelectorAll('#chat .message-row').forEach((row, i) => {
-    row.classList.toggle('qc-dropped', dropped.has(i));
+  // Exactly one [data-testid=user|bot] per message, notes included, in order (rows may
+  // group several consecutive messages, and .message elements nest).
+  document.querySelectorAll('#chat [data-testid=user], #chat [data-testid=bot]').forEach((msg, i) => {
+    msg.classList.toggle('qc-dropped', dropped.has(i));
   });
 }
 """

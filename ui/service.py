@@ -182,6 +182,7 @@ class ChatService:
         settings: dict,
         session_id: str,
         system_in_first_turn: bool = False,
+        examples: list[tuple[str, str]] | None = None,
     ) -> Iterator[tuple[dict, ReplyStats]]:
         """Generate the reply to the last user message, yielding the growing store.
 
@@ -198,7 +199,9 @@ class ChatService:
         while query_at > 0 and msgs[query_at - 1]["role"] == "user":  # several unanswered messages
             query_at -= 1
             pending.insert(0, msgs[query_at]["content"])
-        history = to_model_history(msgs[:query_at])
+        # A persona's example dialogue leads the history, as character cards do; being the
+        # oldest turns, it is the first thing the window drops.
+        history = list(examples or []) + to_model_history(msgs[:query_at])
         self._note_system_change(conv, system, query_at)
         session = self.session(session_id)
         if not session.idle.is_set():
@@ -332,14 +335,25 @@ class ChatService:
         return store
 
     # --- context meter --------------------------------------------------------
-    def context(self, store: dict, system: str, draft: str, window: int | None, system_in_first_turn=False):
+    def context(
+        self,
+        store: dict,
+        system: str,
+        draft: str,
+        window: int | None,
+        system_in_first_turn=False,
+        examples: list[tuple[str, str]] | None = None,
+    ):
         """Token counts of the next prompt and which turns it drops, from the core's builder."""
         engine = self._engine()
         conv = self.active(store)
         msgs = conv["messages"]
-        history = to_model_history(msgs)
-        spans = turn_spans(msgs)
-        pending = [m["content"] for m in msgs[spans[-1][-1] + 1 if spans else 0 :] if m["role"] == "user"]
+        examples = list(examples or [])
+        history = examples + to_model_history(msgs)
+        msg_spans = turn_spans(msgs)
+        spans = [[] for _ in examples] + msg_spans  # example turns have no rows in the chat
+        after = msg_spans[-1][-1] + 1 if msg_spans else 0
+        pending = [m["content"] for m in msgs[after:] if m["role"] == "user"]
         query = "\n\n".join([*pending, draft] if draft else pending)
         plan = engine.plan_prompt(query, history, system, window, system_in_first_turn)
         dropped_msgs = [i for t in plan.dropped_turns for i in spans[t]]

@@ -14,14 +14,14 @@ def wire(page: Page, h: Handlers) -> None:
     persona_fields = [p.persona_name, p.avatar, p.system_prompt, p.greeting, p.example_dialogue, p.in_first_turn]
     respond_io = dict(
         fn=h.respond,
-        inputs=[p.store, p.system_prompt, p.in_first_turn, *p.settings],
+        inputs=[p.store, p.system_prompt, p.in_first_turn, p.example_dialogue, *p.settings],
         outputs=[p.store, p.chatbot, p.reply_stats, p.stop],
         concurrency_id="generate",
         show_progress="hidden",
     )
     meter_io = dict(
         fn=h.meter,
-        inputs=[p.store, p.system_prompt, p.message, p.in_first_turn, p.max_window_size],
+        inputs=[p.store, p.system_prompt, p.message, p.in_first_turn, p.max_window_size, p.example_dialogue],
         outputs=[p.meter, p.raw_prompt],
         show_progress="hidden",
         queue=False,
@@ -56,7 +56,9 @@ def wire(page: Page, h: Handlers) -> None:
     p.chatbot.clear(h.clear, [p.store], view, queue=False)
 
     # Context meter: live while typing, and whenever what the prompt holds changes.
-    for trigger in (p.message.input, p.system_prompt.input, p.in_first_turn.change, p.max_window_size.release):
+    # .change, not .release: a slider moved with the keyboard never fires release.
+    triggers = (p.message.input, p.system_prompt.input, p.in_first_turn.change, p.max_window_size.change)
+    for trigger in (*triggers, p.example_dialogue.input):
         trigger(**meter_io, trigger_mode="always_last").then(None, js=MARK_DROPPED_JS)
     for trigger in (p.undo.click, p.clear.click, p.chatbot.undo, p.chatbot.clear):
         trigger(**meter_io).then(None, js=MARK_DROPPED_JS)
