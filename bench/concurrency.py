@@ -21,15 +21,15 @@ from _common import write_results
 def stream_one(url: str, prompt: str, max_tokens: int) -> tuple[int, float, float]:
     """(completion tokens, seconds to first content, total seconds) of one streamed request."""
     body = {
-        "model": None,
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
         "temperature": 0,
         "max_tokens": max_tokens,
         "stream_options": {"include_usage": True},
     }
-    body.pop("model")
-    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(), {"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions", json.dumps(body).encode(), {"content-type": "application/json"}
+    )
     started = time.perf_counter()
     first = None
     tokens = 0
