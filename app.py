@@ -8,6 +8,7 @@ this file reads the environment.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -199,7 +200,9 @@ def build(config: AppConfig):
     else:
         first = ModelSpec(pick_model(config), config.precision, config.device, config.source)
         others = [ModelSpec(m, "auto", config.device, config.source) for m in config.models]
-        manager = ModelManager(load_engine, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
+        # Every reply granted a slot (--concurrency) is decoded in the one shared batch.
+        loader = functools.partial(load_engine, max_batch=config.concurrency)
+        manager = ModelManager(loader, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
 
     def progress(fraction: float, message: str) -> None:
         log.info("%3d%% %s", int(fraction * 100), message)

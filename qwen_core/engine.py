@@ -37,13 +37,39 @@ class EngineInfo:
 class Engine:
     """A loaded model. Build it with :func:`qwen_core.load_engine`."""
 
-    def __init__(self, model, tokenizer: QwenTokenizer, defaults: GenerationSettings, info: EngineInfo):
+    def __init__(
+        self,
+        model,
+        tokenizer: QwenTokenizer,
+        defaults: GenerationSettings,
+        info: EngineInfo,
+        max_batch: int = 16,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.defaults = defaults
         self.info = info
         self.prompts = PromptBuilder(tokenizer)
         self.last_result: ReplyResult | None = None
+        # max_batch > 0: replies running at once are decoded together in one batch
+        # (continuous batching); 0: each reply runs its own ``generate`` (no batching).
+        if not 0 <= max_batch <= 1024:
+            raise ValueError("max_batch must be between 0 and 1024")
+        self.max_batch = max_batch
+        self._batcher = None
+        self._batcher_lock = threading.Lock()
+
+    @property
+    def batcher(self):
+        """The :class:`~qwen_core.batching.Batcher` all replies go through (None without batching)."""
+        if not self.max_batch or self.model is None:
+            return None
+        with self._batcher_lock:
+            if self._batcher is None:
+                from .batching import Batcher
+
+                self._batcher = Batcher(self.model, self.tokenizer.stop_ids, self.max_batch)
+            return self._batcher
 
     # --- prompts -------------------------------------------------------------
     def plan_prompt(
@@ -86,7 +112,7 @@ class Engine:
                 "Shorten the message, or lower max_window_size so fewer past turns are kept."
             )
         max_new = min(settings.max_new_tokens, limit - len(prompt_ids))
-        stream = ReplyStream(self.model, self.tokenizer, prompt_ids, settings, max_new, cancel)
+        stream = ReplyStream(self.model, self.tokenizer, prompt_ids, settings, max_new, cancel, self.batcher)
         self.last_result = stream.result
         return stream
 
@@ -126,6 +152,10 @@ class Engine:
 
         import torch
 
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         self.model = None
         gc.collect()
         if torch.cuda.is_available():

@@ -27,6 +27,7 @@ def load_engine(
     offline: bool = False,
     attention: str = "auto",
     progress: Callable[[float, str], None] | None = None,
+    max_batch: int = 16,
 ) -> Engine:
     """Load a Qwen-1 chat checkpoint onto transformers' Qwen2 implementation.
 
@@ -34,7 +35,8 @@ def load_engine(
     ``qwen/Qwen-7B-Chat``). ``precision``: auto, fp32, bf16, fp16, int8, int4.
     ``device``: auto, cpu, cuda, cuda:N. Impossible combinations raise
     :class:`~qwen_core.errors.UnsupportedCombination` before any weight is read.
-    No code from the checkpoint is ever executed.
+    No code from the checkpoint is ever executed. ``max_batch``: replies decoded together
+    in one batch (continuous batching); 0 gives every reply its own ``generate``.
     """
     report = progress or (lambda fraction, message: None)
     started = time.perf_counter()
@@ -63,7 +65,7 @@ def load_engine(
         seq_length=config.qwen_seq_length,
         load_seconds=time.perf_counter() - started,
     )
-    return Engine(hf_model, tokenizer, defaults, info)
+    return Engine(hf_model, tokenizer, defaults, info, max_batch=max_batch)
 
 
 def _load_model(ckpt: CheckpointInfo, placement: Placement):

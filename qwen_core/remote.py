@@ -12,6 +12,8 @@ What is sent, per endpoint, decided by probing it once (tiny 1-token requests):
    the local engine would feed the model (vLLM, SGLang);
 2. ``POST /v1/completions`` with ``prompt`` = the ChatML text the ids spell: exact text,
    tokenized by the server's tokenizer (``transformers serve``, llama-cpp-python, ...);
+   special-token text typed in a message is escaped (``<\u200b|im_end|>``) so that the
+   server cannot read it as a control token (a forged turn);
 3. ``POST /v1/chat/completions`` with the messages the prompt builder kept (system,
    the kept turns, the query): the server applies its own chat template.
 
@@ -51,7 +53,8 @@ failed connection marks an endpoint down for ``cooldown`` seconds, after which i
 checked again before use. A request that fails before any text arrived (connection
 refused, timeout, HTTP 5xx/429) moves on to the next endpoint; a stream that breaks after
 text arrived ends the reply with ``finish_reason == "error"`` and raises
-:class:`~qwen_core.errors.GenerationError`. Every request has connect and read timeouts.
+:class:`~qwen_core.errors.GenerationError`. Every request has connect and read timeouts; a stream
+that sends only keep-alive comments (``: ping``) and no tokens for ``timeout`` seconds counts as silent.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from .errors import GenerationError, InputTooLong, QwenCoreError
 from .generation import ReplyResult
 from .prompt import DEFAULT_SYSTEM, PromptPlan, normalize_history
 from .settings import GenerationSettings
-from .tokenizer import ENDOFTEXT, IM_END, IM_START, VOCAB_FILE, QwenTokenizer
+from .tokenizer import ENDOFTEXT, IM_END, IM_START, VOCAB_FILE, QwenTokenizer, escape_special_text
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +198,14 @@ def chat_messages(
         kept[0] = (persona + kept[0][0], kept[0][1])
     elif persona:
         query = persona + query
-    messages = [{"role": "system", "content": system}]
+    # The server renders these with its chat template and tokenizes the result: special-token
+    # text in them is escaped so that it stays text there, as it is in the local prompt.
+    messages = [{"role": "system", "content": escape_special_text(system)}]
     for user, assistant in kept:
-        messages.append({"role": "user", "content": user})
+        messages.append({"role": "user", "content": escape_special_text(user)})
         if assistant is not None:
-            messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": query})
+            messages.append({"role": "assistant", "content": escape_special_text(assistant)})
+    messages.append({"role": "user", "content": escape_special_text(query)})
     return messages
 
 
@@ -482,10 +487,18 @@ def _error_detail(response: httpx.Response) -> str:
     return str(data)[:500]
 
 
-def _sse_events(response: httpx.Response) -> Iterator[str]:
-    """The ``data`` of each server-sent event."""
+def _sse_events(response: httpx.Response, stalled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    """The ``data`` of each server-sent event.
+
+    ``stalled()`` is asked on every line: keep-alive comments (``: ping``, which
+    sse-starlette servers send every 15 s) and empty events reset httpx's read timeout,
+    so a server that is alive but never produces a token would otherwise hold the reply
+    for ever. It raises :class:`httpx.ReadTimeout` when ``stalled()`` says so.
+    """
     data: list[str] = []
     for line in response.iter_lines():
+        if stalled():
+            raise httpx.ReadTimeout("no tokens, only keep-alive traffic")
         if not line:
             if data:
                 yield "\n".join(data)
@@ -537,6 +550,11 @@ def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) ->
     timeout = httpx.Timeout(read_timeout, connect=engine.connect_timeout)
     finish: str | None = None
     scanner = _StopScanner()
+    progress_at = [time.monotonic()]  # when the last text arrived (the request's start, at first)
+
+    def stalled() -> bool:
+        return time.monotonic() - progress_at[0] > read_timeout
+
     try:
         with engine._client.stream("POST", ep.url + _PATHS[ep.mode], json=body, timeout=timeout) as resp:
             chan.attach(resp)
@@ -551,7 +569,7 @@ def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) ->
                     "Check --model (the served model id) and that the server serves a Qwen chat model."
                 )
             whole = not req.stream or "application/json" in resp.headers.get("content-type", "")
-            events = [resp.read().decode("utf-8", "replace")] if whole else _sse_events(resp)
+            events = [resp.read().decode("utf-8", "replace")] if whole else _sse_events(resp, stalled)
             for data in events:
                 if chan.abandoned.is_set():
                     return
@@ -580,6 +598,7 @@ def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) ->
                     else:
                         text = choice.get("text")
                     if text:
+                        progress_at[0] = time.monotonic()
                         chan.received += 1
                         if not scanner.stopped:
                             chan.put_text(scanner.feed(text))
@@ -768,7 +787,7 @@ class RemoteEngine(Engine):
         )
         req = _Request(
             ids=plan.ids,
-            text=plan.text,
+            text=self.tokenizer.text_for_server(plan.ids),
             messages=chat_messages(plan, "Hi", None, DEFAULT_SYSTEM, False),
             settings=settings,
             max_new=1,
@@ -906,7 +925,7 @@ class RemoteEngine(Engine):
         seed = None if settings.greedy else (settings.seed if settings.seed is not None else secrets.randbits(63))
         req = _Request(
             ids=list(ids),
-            text=plan.text if plan is not None else self.tokenizer.decode(ids),
+            text=self.tokenizer.text_for_server(ids),
             messages=messages,
             settings=settings,
             max_new=min(settings.max_new_tokens, limit - len(ids)),

@@ -34,6 +34,17 @@ SPECIAL_START = N_RANKS
 SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END) + tuple(f"<|extra_{i}|>" for i in range(N_EXTRA))
 
 
+def escape_special_text(text: str) -> str:
+    """``text`` with every ``<|`` broken by a zero-width space (``<\u200b|``).
+
+    For servers that tokenize text themselves (``transformers serve``, llama.cpp, a chat
+    template): they read ``<|im_end|>`` typed by a user as the control token, which would
+    let the user close a turn and forge another. Locally that text is always plain text;
+    this is what keeps it plain over there. Text without ``<|`` is returned unchanged.
+    """
+    return text.replace("<|", "<\u200b|")
+
+
 def load_ranks(path: Path) -> dict[bytes, int]:
     """Read a ``qwen.tiktoken`` file (``base64-token rank`` per line), checking its shape."""
     ranks: dict[bytes, int] = {}
@@ -111,6 +122,23 @@ class QwenTokenizer:
     def nl_ids(self) -> list[int]:
         """The ids of a lone ``"\\n"``, used between ChatML segments."""
         return self.encode("\n")
+
+    def text_for_server(self, ids) -> str:
+        """The text ``ids`` spell, for a server that tokenizes text itself: control tokens as their
+        text, and special-token text inside the content escaped (see :func:`escape_special_text`), so
+        the server's tokenizer finds control tokens exactly where the ids have them."""
+        parts: list[str] = []
+        run: list[int] = []
+        for i in [*ids, None]:
+            if i is None or self.is_special(i):
+                if run:
+                    parts.append(escape_special_text(self.decode(run)))
+                    run = []
+                if i is not None:
+                    parts.append(self._id_to_special[i])
+            else:
+                run.append(i)
+        return "".join(parts)
 
     def is_special(self, token_id: int) -> bool:
         """True for ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` and ``<|extra_N|>``."""

@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qwen_core.errors import InputTooLong, QwenCoreError
-from qwen_core.scheduler import Busy, Scheduler
+from qwen_core.scheduler import Busy, Cancelled, Scheduler
+from qwen_core.text import check_text, is_blank
 
 log = logging.getLogger("qwen_chat.api")
 
@@ -40,6 +41,11 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return check_text(value, "text")
+
 
 class Message(BaseModel):
     """One chat message."""
@@ -47,7 +53,28 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=256)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value):
+        if isinstance(value, str):
+            return check_text(value, "content")
+        if not isinstance(value, list):
+            raise ValueError('content must be text, or a list of {"type": "text", "text": ...} parts')
+        for i, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    f'content[{i}] must be a text part {{"type": "text", "text": ...}}: '
+                    "images, audio and files are not supported by Qwen chat models"
+                )
+            check_text(part["text"], f"content[{i}].text")
+        return value
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value):
+        return check_text(value, "name") if isinstance(value, str) else value
 
     def text(self) -> str:
         """The content as plain text."""
@@ -76,6 +103,14 @@ class ChatRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
     logit_bias: dict | None = Field(default=None, max_length=0)
 
+    @field_validator("stop", "user", mode="before")
+    @classmethod
+    def _texts(cls, value, info):
+        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(text, str):
+                check_text(text, info.field_name)
+        return value
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, value):
@@ -83,6 +118,115 @@ class ChatRequest(BaseModel):
         if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
             raise ValueError("stop takes up to 4 non-empty strings of at most 200 characters")
         return stops
+
+
+# --- what the API answers (declared for the OpenAPI schema; the handlers build plain dicts) -------------
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: ChoiceMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """A non-streaming reply (``stream: true`` answers ``text/event-stream`` chunks instead)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape."""
+
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+def _inline_refs(schema: dict) -> dict:
+    """A JSON schema with its ``$defs`` references written out in place (the OpenAPI document has no ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "invalid request (the message names the offending param)"),
+        (401, "missing or invalid credentials"),
+        (404, "unknown model"),
+        (413, "request body too large"),
+        (429, "busy or rate limited (see Retry-After)"),
+        (503, "the model is being switched (see Retry-After)"),
+    )
+}
+CHAT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline_refs(ChatRequest.model_json_schema())}},
+    }
+}
+CHAT_RESPONSES = {
+    200: {
+        "model": ChatCompletion,
+        "description": "the reply; with stream: true, server-sent events of chat.completion.chunk objects",
+        # One schema per server-sent event: its data is a chat.completion.chunk as JSON, then "[DONE]".
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    "required": ["data"],
+                }
+            }
+        },
+    },
+    **_ERRORS,
+}
 
 
 class StopStrings:
@@ -137,7 +281,7 @@ def openai_router(manager, scheduler: Scheduler, user_of, max_body_chars: int = 
     """The ``/v1`` routes. ``user_of(request)`` names the caller (for fairness and rate limits)."""
     router = APIRouter(prefix="/v1")
 
-    @router.get("/models")
+    @router.get("/models", response_model=ModelList, responses={401: _ERRORS[401]})
     def models() -> dict:
         spec = manager.current
         now = int(time.time())
@@ -147,7 +291,7 @@ def openai_router(manager, scheduler: Scheduler, user_of, max_body_chars: int = 
             "data": [{"id": n, "object": "model", "created": now, "owned_by": "qwen"} for n in names],
         }
 
-    @router.post("/chat/completions")
+    @router.post("/chat/completions", openapi_extra=CHAT_OPENAPI, responses=CHAT_RESPONSES, response_model=None)
     async def chat_completions(request: Request):
         try:
             raw = await request.body()
@@ -157,12 +301,21 @@ def openai_router(manager, scheduler: Scheduler, user_of, max_body_chars: int = 
                 body = json.loads(raw.decode("utf-8", errors="strict"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ApiError(400, f"The body is not valid UTF-8 JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise ApiError(
+                    400, 'The body must be a JSON object, e.g. {"messages": [{"role": "user", "content": "Hello"}]}.'
+                )
             try:
-                req = ChatRequest.model_validate(body)
+                req = ChatRequest.model_validate(body, strict=True)  # "5" is not a number, 5.0 not an integer
             except ValidationError as exc:
                 err = exc.errors()[0]
                 param = ".".join(str(p) for p in err.get("loc", ()))
-                raise ApiError(400, f"{param}: {err.get('msg')}", param=param) from None
+                message = str(err.get("msg")).removeprefix("Value error, ")
+                raise ApiError(400, f"{param}: {message}", param=param) from None
+            last = len(req.messages) - 1
+            if req.messages[last].role == "user" and is_blank(req.messages[last].text()):
+                param = f"messages.{last}.content"
+                raise ApiError(400, f"{param}: the message is empty; send some text.", param=param)
             return await _complete(request, req)
         except ApiError as exc:
             return exc.response()
@@ -178,12 +331,27 @@ def openai_router(manager, scheduler: Scheduler, user_of, max_body_chars: int = 
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         cancel = threading.Event()
         user = user_of(request)
+        # Until a stream's response starts (Starlette then watches it), or for the whole of a
+        # non-streamed reply, a client that goes away sets ``cancel``: it leaves the queue, or
+        # its generation stops within one token, and the slot is given back.
+        async with anyio.create_task_group() as watch:
+            watch.start_soon(_watch_disconnect, request, cancel)
+            try:
+                return await _admitted(request, req, engine, messages, cancel, user)
+            except ApiError as exc:  # answered here: raised out of a task group it would come wrapped
+                return exc.response()
+            finally:
+                watch.cancel_scope.cancel()
+
+    async def _admitted(request: Request, req: ChatRequest, engine, messages: list[dict], cancel, user: str):
         try:
             await anyio.to_thread.run_sync(scheduler.acquire, user, cancel)
         except Busy as exc:
             raise ApiError(
                 429, str(exc), "rate_limit_error", headers={"Retry-After": str(int(exc.retry_after + 0.5))}
             ) from None
+        except Cancelled:
+            raise ApiError(499, "The client closed the request while it waited for a slot.") from None
         try:
             stream = engine.stream_messages(messages, cancel=cancel, **_gen_settings(req))
         except (ValueError, InputTooLong, QwenCoreError) as exc:
@@ -224,6 +392,20 @@ def openai_router(manager, scheduler: Scheduler, user_of, max_body_chars: int = 
         }
 
     return router
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` once the client has gone away (runs until its task group is cancelled).
+
+    Waits on ``receive()`` rather than polling ``request.is_disconnected()``: behind an
+    ``@app.middleware("http")`` that check is cancelled before it reaches the server and
+    never sees the disconnect. The body has been read, so the next message is the disconnect.
+    """
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            cancel.set()
+            return
 
 
 def _pieces(stream, stops: StopStrings):

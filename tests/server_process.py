@@ -24,20 +24,25 @@ class AppProcess:
     """``python app.py ...`` until stopped; ``url`` is its base address."""
 
     def __init__(self, args: list[str], env: dict | None = None, timeout: float = 180):
+        import tempfile
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Output goes to a file: a pipe nobody reads fills up after some hundred logged requests
+        # and then blocks the app.
+        self.log = tempfile.NamedTemporaryFile(prefix="qwen-app-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
+                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.output()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
                     if r.status == 200:
@@ -46,6 +51,10 @@ class AppProcess:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"app did not become ready in {timeout} s")
+
+    def output(self) -> str:
+        """Everything the app has printed so far."""
+        return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
         """Terminate (then kill) the process."""
@@ -56,3 +65,39 @@ class AppProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self.log.close()
+
+
+class InProcessApp:
+    """The app as ``app.py`` builds it (``app.build``), served by uvicorn on a thread of this process.
+
+    Tests that need the app object itself (its route table, the mounted Gradio app) and the
+    running server at once use this; the rest use :class:`AppProcess`.
+    """
+
+    def __init__(self, args: list[str], timeout: float = 120):
+        import threading
+
+        import uvicorn
+
+        sys.path.insert(0, str(ROOT))
+        import app as app_module
+
+        self.config = app_module.parse_config(args)
+        self.asgi = app_module.build(self.config)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.asgi, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("the in-process app did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for it."""
+        self.server.should_exit = True
+        self.thread.join(30)

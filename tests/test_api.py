@@ -118,7 +118,7 @@ def test_invalid_utf8_and_json(app):
     assert status == 400
 
 
-def test_eight_concurrent_streams_do_not_mix(client, engine):
+def test_eight_concurrent_streams_do_not_mix(app, client, engine):
     prompts = [f"Question number {i}: what is {i} plus {i}?" for i in range(8)]
     want = {p: engine.chat(p, do_sample=False, max_new_tokens=16) for p in prompts}
     got: dict[str, str] = {}
@@ -141,12 +141,15 @@ def test_eight_concurrent_streams_do_not_mix(client, engine):
         t.join(180)
     assert not errors and time.time() - started < 180
     assert got == want
+    with urllib.request.urlopen(f"{app.url}/readyz", timeout=10) as r:
+        batch = json.loads(r.read())["batch"]
+    assert batch["max_rows_seen"] == 2  # --concurrency 2: two replies decoded in each batch step
 
 
 def test_disconnect_frees_the_slot(app, client):
     def stats():
         with urllib.request.urlopen(f"{app.url}/readyz", timeout=10) as r:
-            return json.loads(r.read())["scheduler"]
+            return json.loads(r.read())
 
     stream = client.chat.completions.create(
         messages=[{"role": "user", "content": "go on forever"}],
@@ -156,12 +159,13 @@ def test_disconnect_frees_the_slot(app, client):
         model=MODEL,
     )
     next(iter(stream))
-    assert stats()["active"] >= 1
+    assert stats()["scheduler"]["active"] >= 1
     stream.close()  # the client goes away mid-reply
     deadline = time.time() + 30
-    while stats()["active"] and time.time() < deadline:
+    while (stats()["scheduler"]["active"] or stats()["batch"]["rows"]) and time.time() < deadline:
         time.sleep(0.2)
-    assert stats()["active"] == 0
+    assert stats()["scheduler"]["active"] == 0
+    assert stats()["batch"]["rows"] == 0  # its row left the decode batch too
 
 
 def test_full_queue_answers_429(ckpt_dir, tmp_path):

@@ -90,7 +90,8 @@ def test_cancel_stops_within_a_token(engine):
     res = stream.result
     assert res.finish_reason == "cancelled"
     assert res.completion_tokens < 30  # stopped long before 5000
-    assert not stream._thread.is_alive()
+    assert stream.worker_ended.is_set()
+    assert engine.batcher.stats()["rows"] == 0  # the row left the batch
 
 
 def test_external_cancel_event(engine):
@@ -107,10 +108,9 @@ def test_external_cancel_event(engine):
 def test_abandoned_stream_stops_its_worker(engine):
     stream = engine.stream_chat("Talk.", do_sample=False, max_new_tokens=5000)
     next(stream)
-    thread = stream._thread
+    ended = stream.worker_ended
     del stream  # the consumer went away without closing
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    assert ended.wait(timeout=30)
 
 
 def test_worker_exception_reaches_consumer_and_engine_survives(engine):
@@ -128,7 +128,7 @@ def test_worker_exception_reaches_consumer_and_engine_survives(engine):
         with pytest.raises(RuntimeError, match="injected failure"):
             list(stream)
         assert stream.result.finish_reason == "error"
-        assert not stream._thread.is_alive()
+        assert stream.worker_ended.is_set()
     finally:
         handle.remove()
     assert engine.chat("Hi", do_sample=False, max_new_tokens=5)  # still usable

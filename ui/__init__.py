@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from .api import make_chat_endpoint
+from .conversations import MAX_IMPORT_BYTES
 from .handlers import Handlers
 from .layout import CSS, build_page, i18n
 from .personas import PersonaStore
@@ -45,4 +46,5 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
     # Gradio's own queue only needs to pass requests on; the scheduler decides who runs.
     page.demo.queue(default_concurrency_limit=max(8, 2 * config.concurrency), max_size=max(64, 16 * config.concurrency))
     page.demo.service = service  # for tests and the HTTP API
-    return page.demo, {"i18n": i18n, "css": CSS}
+    # Uploads are chat and persona imports: nothing larger than an import may be stored.
+    return page.demo, {"i18n": i18n, "css": CSS, "max_file_size": MAX_IMPORT_BYTES}

@@ -16,6 +16,8 @@ import json
 import time
 import uuid
 
+from qwen_core.text import lone_surrogate
+
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 MAX_MESSAGES = 10_000
 MAX_CONVERSATIONS = 500
@@ -129,10 +131,16 @@ def parse_import(text: str, source: str = "import") -> dict:
             raise ConversationError(f"{source}: messages[{i}] needs a role of user, assistant or event")
         if not isinstance(msg.get("content"), str):
             raise ConversationError(f"{source}: messages[{i}].content must be text")
+        if lone_surrogate(msg["content"]) is not None:
+            raise ConversationError(f"{source}: messages[{i}].content holds an unpaired surrogate (not valid text)")
         role = "event" if msg["role"] == "system" else msg["role"]
         messages.append({"role": role, "content": msg["content"]})
-    conv = new_conversation(str(data.get("persona_id") or "default-assistant"))
+    persona_id = data.get("persona_id")
+    ok_id = isinstance(persona_id, str) and 0 < len(persona_id) <= 100 and lone_surrogate(persona_id) is None
+    conv = new_conversation(persona_id if ok_id else "default-assistant")
     title = data.get("title")
+    if isinstance(title, str) and lone_surrogate(title) is not None:
+        title = None
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
     conv["title"] = str(title)[:100] if isinstance(title, str) and title.strip() else title_from(first_user)
     conv["messages"] = messages

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import tempfile
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,8 +110,13 @@ class Handlers:
         errors = self.service.personas.errors
         return "\n".join(f"⚠️ `{html.escape(e)}`" for e in errors)
 
-    def _write(self, name: str, text: str) -> str:
-        path = self._tmp / name
+    def _write(self, name: str, text: str, request: gr.Request | None = None) -> str:
+        """A file for a download button, in a folder of this browser session's own: two sessions
+        exporting chats of the same title never write (and so never hand out) the same file."""
+        session = getattr(request, "session_hash", None)
+        folder = self._tmp / (hashlib.sha256(session.encode()).hexdigest()[:24] if session else uuid.uuid4().hex)
+        folder.mkdir(exist_ok=True)
+        path = folder / name
         path.write_text(text, encoding="utf-8")
         return str(path)
 
@@ -184,6 +191,10 @@ class Handlers:
             gr.Warning(f"Generation failed: {exc}", duration=10)
             conv["messages"].append({"role": "event", "content": f"⚠️ Generation failed: {exc}"})
         yield store, to_chatbot(conv["messages"]), stats_text, gr.update(interactive=False)
+
+    def forget_session(self, request: gr.Request) -> None:
+        """The browser session ended (tab closed, client gone): stop its replies and drop its state."""
+        self.service.forget_session(request.session_hash or "anonymous")
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's reply within one token."""
@@ -349,15 +360,15 @@ class Handlers:
         self._guard(request)
         return self._view(self.service.delete(self.service.ensure_store(store)))
 
-    def exports(self, store):
+    def exports(self, store, request: gr.Request = None):
         """Current chat as JSON and Markdown files for the download buttons."""
         store = self.service.ensure_store(store)
         conv = self.service.active(store)
         persona = self.service.personas.get(conv.get("persona_id") or "")
         name = safe_name(conv.get("title") or "chat", "chat")
         return (
-            self._write(f"{name}.json", export_json(conv)),
-            self._write(f"{name}.md", to_markdown(conv, persona.name if persona else "")),
+            self._write(f"{name}.json", export_json(conv), request),
+            self._write(f"{name}.md", to_markdown(conv, persona.name if persona else ""), request),
         )
 
     def import_chat(self, store, file):
@@ -444,12 +455,13 @@ class Handlers:
             raise gr.Error(str(exc)) from None
         return self.persona_choices(DEFAULT_PERSONA_ID), "🗑️ Deleted."
 
-    def export_persona(self, persona_id):
+    def export_persona(self, persona_id, request: gr.Request = None):
         """The persona as a JSON file for its download button."""
         persona = self.service.personas.get(persona_id or "")
         if persona is None:
             return None
-        return self._write(f"{persona.id}.persona.json", json.dumps(persona.to_json(), ensure_ascii=False, indent=2))
+        text = json.dumps(persona.to_json(), ensure_ascii=False, indent=2)
+        return self._write(f"{persona.id}.persona.json", text, request)
 
     def import_personas(self, file):
         """Import personas from a JSON file (one or a list); each gets a fresh id."""

@@ -181,7 +181,14 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Pa
                     repetition_penalty = gr.Slider(1.0, 2.0, step=0.01, label=i18n("repetition_penalty"))
                     max_new_tokens = gr.Slider(1, 8192, step=1, label=i18n("max_new_tokens"))
                     seed = gr.Number(value=-1, precision=0, label=i18n("seed"))
-                    max_window_size = gr.Slider(256, context_length, step=64, label=i18n("max_window_size"))
+                    # A checkpoint with a short context (under 256 tokens) gets a finer slider, not a crash.
+                    small = context_length <= 256
+                    max_window_size = gr.Slider(
+                        1 if small else 256,
+                        max(2, context_length),
+                        step=1 if small else 64,
+                        label=i18n("max_window_size"),
+                    )
                     reset_settings = gr.Button(i18n("reset_settings"), size="sm")
                 with gr.Tab(i18n("model")):
                     model_status = gr.Markdown(label=i18n("model_status"))

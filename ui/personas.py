@@ -12,6 +12,9 @@ import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from qwen_core.settings import GenerationSettings
+from qwen_core.text import lone_surrogate
+
 from .storage import atomic_write_json, safe_name
 
 MAX_PERSONA_BYTES = 256 * 1024
@@ -62,12 +65,25 @@ def parse_persona(data, source: str, builtin: bool = False) -> Persona:
         isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in dialogue
     ):
         raise PersonaError(f"{source}: 'example_dialogue' must be a list of [user, assistant] text pairs")
+    if len(dialogue) > 100 or sum(len(x) for t in dialogue for x in t) > 64_000:
+        raise PersonaError(f"{source}: 'example_dialogue' is too long (at most 100 pairs, 64000 characters)")
     settings = data.get("settings") or {}
     if not isinstance(settings, dict) or set(settings) - SETTING_KEYS:
         raise PersonaError(f"{source}: 'settings' may only hold {', '.join(sorted(SETTING_KEYS))}")
-    for key in ("avatar", "greeting"):
+    try:
+        GenerationSettings().merged(**settings)  # the engine's own checks: types, finite, in range
+    except (TypeError, ValueError) as exc:
+        raise PersonaError(f"{source}: 'settings': {exc}") from None
+    for key, limit in (("avatar", 100), ("greeting", 32_000)):
         if key in data and not isinstance(data[key], str):
             raise PersonaError(f"{source}: '{key}' must be text")
+        if len(data.get(key) or "") > limit:
+            raise PersonaError(f"{source}: '{key}' is longer than {limit} characters")
+    texts = [("name", name), ("system_prompt", prompt), ("avatar", data.get("avatar") or ""),
+             ("greeting", data.get("greeting") or "")] + [("example_dialogue", x) for t in dialogue for x in t]  # fmt: skip
+    for key, text in texts:
+        if lone_surrogate(text) is not None:
+            raise PersonaError(f"{source}: '{key}' holds an unpaired surrogate, which is not valid text")
     return Persona(
         id=safe_name(str(data.get("id") or name), "persona"),
         name=name.strip(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from qwen_core.errors import QwenCoreError
 from qwen_core.manager import ModelManager
 from qwen_core.scheduler import Busy, Scheduler
+from qwen_core.text import is_blank, lone_surrogate
 
 from .conversations import (
     MAX_CONVERSATIONS,
@@ -73,6 +74,7 @@ class ContextReport:
 class _Session:
     cancel: threading.Event = field(default_factory=threading.Event)
     idle: threading.Event = field(default_factory=threading.Event)  # set while no reply is generating
+    api_cancels: set = field(default_factory=set)  # cancel events of this session's scripted (/chat) replies
     store: dict | None = None  # the store as the running (or last) reply left it
 
     def __post_init__(self) -> None:
@@ -127,8 +129,9 @@ class ChatService:
     # --- chat ----------------------------------------------------------------
     def add_user_message(self, store: dict, text: str) -> dict:
         """Append the user's message (checked); the reply is streamed by :meth:`stream_reply`."""
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise ChatInputError("The message is empty: type something first.")
+        self._check_chars(text)
         if len(text) > self.limits.max_message_chars:
             raise ChatInputError(
                 f"The message has {len(text):,} characters; the limit is {self.limits.max_message_chars:,}. "
@@ -143,6 +146,15 @@ class ChatService:
         self._touch(conv)
         return store
 
+    @staticmethod
+    def _check_chars(text: str) -> None:
+        at = lone_surrogate(text)
+        if at is not None:
+            raise ChatInputError(
+                f"The message holds an invalid character (an unpaired surrogate at position {at}); "
+                "retype or paste it again as plain text."
+            )
+
     def session(self, session_id: str) -> _Session:
         """Per-browser-session state that must not live in the browser (the cancel event)."""
         with self._lock:
@@ -153,11 +165,13 @@ class ChatService:
         self.session(session_id).cancel.set()
 
     def forget_session(self, session_id: str) -> None:
-        """Drop a closed browser session's server-side state."""
+        """Drop a closed browser session's server-side state and stop its replies (within one token)."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session:
             session.cancel.set()
+            for event in list(session.api_cancels):
+                event.set()
 
     def is_busy(self, session_id: str) -> bool:
         """Whether a reply is being generated for this session."""
@@ -298,8 +312,9 @@ class ChatService:
         msgs = conv["messages"]
         if not 0 <= index < len(msgs) or msgs[index]["role"] != "user":
             raise ChatInputError("Only your own messages can be edited.")
-        if not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise ChatInputError("An edited message cannot be empty; use Undo to remove it.")
+        self._check_chars(text)
         if len(text) > self.limits.max_message_chars:
             raise ChatInputError(f"The message is longer than {self.limits.max_message_chars:,} characters.")
         del msgs[index + 1 :]

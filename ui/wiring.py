@@ -27,6 +27,9 @@ def wire(page: Page, h: Handlers) -> None:
         queue=False,
     )
 
+    # A closed tab or a client that died: Gradio's heartbeat ends and fires unload, which stops
+    # the session's reply (giving its slot back) even when no event stream was open to notice.
+    p.demo.unload(h.forget_session)
     p.demo.load(
         h.load,
         inputs=[p.store],

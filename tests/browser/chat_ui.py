@@ -8,7 +8,9 @@ substring match would also hit. ``#chat``/``#meter`` are the app's elem_ids.
 from __future__ import annotations
 
 import re
+import time
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
 # Texts of what is on screen, read in one round trip.
@@ -103,8 +105,30 @@ class ChatUI:
         self.page.locator("#meter [data-dropped]").wait_for(state="attached", timeout=30_000)
 
     def reload(self) -> None:
-        self.page.reload()
+        """Reload the page. After a server restart Gradio's own reconnect logic may navigate the
+        page at the same moment (net::ERR_ABORTED), so a navigation that was cut off is retried."""
+        url = self.page.url
+        for attempt in range(3):
+            try:
+                self.page.goto(url) if attempt else self.page.reload()
+                break
+            except PlaywrightError:
+                if attempt == 2:
+                    raise
+                self.page.wait_for_timeout(500)
         self.wait_ready()
+
+    def settled_meter_numbers(self, quiet_ms: int = 800, timeout_s: float = 20) -> dict:
+        """The meter's numbers once they stop changing (typing fires several updates in a row)."""
+        deadline = time.monotonic() + timeout_s
+        last = self.meter_numbers()
+        while time.monotonic() < deadline:
+            self.page.wait_for_timeout(quiet_ms)
+            now = self.meter_numbers()
+            if now == last:
+                return now
+            last = now
+        raise AssertionError(f"the meter never settled: last {last}")
 
     # --- controls ----------------------------------------------------------------------
     @property
@@ -131,8 +155,21 @@ class ChatUI:
         """Type a value into a slider's number box (on its tab) and leave the box, as a user would."""
         self.tab(tab)
         box = self.page.get_by_label(f"number input for {label}", exact=True)
-        box.fill(str(value))
-        box.press("Tab")  # the change event fires on blur
+        expect(box).to_be_editable()
+        # A tab opened for the first time mounts its sliders; on a loaded machine the mount can
+        # finish after the first keystrokes and put the slider's own value back. A user would
+        # see that and type again, and so do we (at most three times).
+        for attempt in range(3):
+            box.fill(str(value))
+            box.press("Tab")  # the change event fires on blur
+            try:
+                expect(box).to_have_value(str(value), timeout=3_000)
+                self.page.wait_for_timeout(300)
+                if box.input_value() == str(value):
+                    break
+            except AssertionError:
+                if attempt == 2:
+                    raise
         expect(box).to_have_value(str(value))
         if back_to:
             self.tab(back_to)

@@ -86,7 +86,8 @@ def free_port() -> int:
 class AppServer:
     """``app.py`` as a subprocess; :meth:`restart` keeps the port and the data dir (same browser origin)."""
 
-    def __init__(self, model: Path, data_dir: Path, log_dir: Path):
+    def __init__(self, model: Path, data_dir: Path, log_dir: Path, extra_args: tuple[str, ...] = ()):
+        self.extra_args = list(extra_args)
         self.model = model
         self.data_dir = data_dir
         self.log_dir = log_dir
@@ -121,6 +122,7 @@ class AppServer:
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            *self.extra_args,
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -260,13 +260,22 @@ def test_conversation_survives_a_server_restart(page, base_url, app_server, shot
 def test_two_users_chat_at_once_without_seeing_each_other(new_context, base_url, shot):
     alice = ChatUI.open(new_context().new_page(), base_url)
     bob = ChatUI.open(new_context().new_page(), base_url)
-    for ui in (alice, bob):
-        ui.max_new_tokens(8)
+    alice.max_new_tokens(8)
+    bob.max_new_tokens(9)
+    # Alice's own system prompt and settings are hers alone.
+    alice_prompt = "You are Alice's private assistant. The code word is marmalade."
+    alice.textbox("System prompt").fill(alice_prompt)
+    expect(bob.textbox("System prompt")).to_have_value("You are a helpful assistant.")
+    for ui, n in ((alice, "8"), (bob, "9")):
+        ui.tab("Generation")
+        expect(ui.page.get_by_label("number input for Max new tokens", exact=True)).to_have_value(n)
+        ui.tab("Persona")
 
     alice.send("Alice asks about apples")
     bob.send("Bob asks about bananas")
     alice.wait_reply_done(turns=1)
     bob.wait_reply_done(turns=1)
+    alice.wait_raw_prompt(f"<|im_start|>system\n{alice_prompt}<|im_end|>")
 
     for reloaded in (False, True):  # as streamed, then as restored from each browser's own storage
         if reloaded:
@@ -281,6 +290,10 @@ def test_two_users_chat_at_once_without_seeing_each_other(new_context, base_url,
             expect(ui.page.get_by_role("radio")).to_have_count(1)
         expect(alice.page.get_by_role("radio", name="Alice asks about apples", exact=True)).to_be_checked()
         expect(bob.page.get_by_role("radio", name="Bob asks about bananas", exact=True)).to_be_checked()
+        # The system prompt each chat was answered under comes back with it, and only to its owner.
+        expect(alice.textbox("System prompt")).to_have_value(alice_prompt)
+        expect(bob.textbox("System prompt")).to_have_value("You are a helpful assistant.")
+        assert "marmalade" not in bob.raw_prompt() and "marmalade" in alice.raw_prompt()
     shot(alice.page, "alice")
     shot(bob.page, "bob")
 
@@ -350,9 +363,9 @@ def test_context_meter_counts_the_draft_and_marks_dropped_turns(page, base_url, 
             " return m && Number(m[1].replace(/,/g, '')) > n; }",
             arg=counts[-1],
         )
-        counts.append(ui.meter_numbers()["message"])
+        counts.append(ui.settled_meter_numbers()["message"])  # the last update wins, not a stale one
     assert counts == sorted(set(counts)), f"the draft's token count did not rise while typing: {counts}"
-    numbers = ui.meter_numbers()
+    numbers = ui.settled_meter_numbers()
     assert numbers["total"] == numbers["system"] + numbers["history"] + numbers["message"]
     ui.message.fill("")
 

@@ -1,0 +1,80 @@
+"""With logins on (``--auth``), in a real browser: the login page works, nothing else loads before
+it, and two logged-in users chat at once without seeing each other's chats."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
+
+from chat_ui import ChatUI
+from conftest import ROOT, AppServer
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+USERS = {"ann": "ann-pw-1", "bob": "bob-pw-2", "cy": "cy-pw-3"}
+
+
+@pytest.fixture(scope="module")
+def login_server(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from qwen1_checkpoint import Shape, write_checkpoint
+
+    base = tmp_path_factory.mktemp("browser-login")
+    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
+    auth = ",".join(f"{u}:{p}" for u, p in USERS.items())
+    server = AppServer(model, base / "data", base, extra_args=("--auth", auth, "--server-history"))
+    server.start()
+    yield server
+    server.stop()
+    assert not server.errors_in_log(), server.errors_in_log()
+
+
+def _log_in(page, url: str, user: str, password: str) -> list[tuple[int, str]]:
+    """Open the app, log in; returns the failed requests the page made before and after."""
+    failed: list[tuple[int, str]] = []
+    page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    return failed
+
+
+def test_login_page_then_the_app(new_context, login_server, shot):
+    page = new_context().new_page()
+    failed = _log_in(page, login_server.url, "cy", "wrong")
+    expect(page.get_by_text("Incorrect credentials")).to_be_visible()
+    expect(page.get_by_role("textbox", name="Message", exact=True)).to_have_count(0)
+    # The login page needs nothing the guard refuses (only the wrong login itself failed).
+    assert [(s, u) for s, u in failed if not u.endswith("/login")] == [], failed
+
+    page.get_by_label("username").fill("cy")  # the form clears it after a failed attempt
+    page.get_by_label("password").fill(USERS["cy"])
+    page.get_by_role("button", name="Login").click()
+    ui = ChatUI(page)
+    ui.wait_ready()
+    ui.max_new_tokens(6)
+    ui.chat("Cy says hello", turns=1)
+    assert [(s, u) for s, u in failed if not u.endswith("/login")] == [], failed  # nothing refused once in
+    shot(page)
+
+
+def test_two_logged_in_users_see_only_their_own_chats(new_context, login_server):
+    ann, bob = new_context().new_page(), new_context().new_page()
+    for page, user in ((ann, "ann"), (bob, "bob")):
+        _log_in(page, login_server.url, user, USERS[user])
+    ann_ui, bob_ui = ChatUI(ann), ChatUI(bob)
+    for ui in (ann_ui, bob_ui):
+        ui.wait_ready()
+        ui.max_new_tokens(6)
+    ann_ui.send("Ann's secret: the vault code is 4711")
+    bob_ui.send("Bob wonders about the weather")
+    ann_ui.wait_reply_done(turns=1)
+    bob_ui.wait_reply_done(turns=1)
+    bob_ui.reload()  # --server-history: what comes back is Bob's own saved chats only
+    assert "4711" not in bob.content() and "Bob wonders" in bob.content()
+    assert "Bob wonders" not in ann.content()
