@@ -50,6 +50,7 @@ class AppConfig:
     endpoint_api_key: str | None = field(default=None, repr=False)
     tokenizer_dir: str | None = None
     remote_timeout: float = 60.0
+    session_ttl: float = 600.0  # seconds a closed page's server-side session data is kept
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -76,6 +77,8 @@ class AppConfig:
             )
         if not 1 <= self.remote_timeout <= 3600:
             raise ValueError("--remote-timeout must be between 1 and 3600 seconds")
+        if not 10 <= self.session_ttl <= 7 * 86400:
+            raise ValueError("--session-ttl must be between 10 seconds and 7 days")
 
 
 def _env(name: str, default=None):
@@ -132,6 +135,12 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
     ap.add_argument("--endpoint-api-key", default=_env("ENDPOINT_API_KEY"), help="key sent to the --endpoint servers")
     ap.add_argument("--tokenizer-dir", default=_env("TOKENIZER_DIR"), help="folder with qwen.tiktoken (remote mode)")
     ap.add_argument("--remote-timeout", type=float, default=float(_env("REMOTE_TIMEOUT", "60")))
+    ap.add_argument(
+        "--session-ttl",
+        type=float,
+        default=float(_env("SESSION_TTL", "600")),
+        help="seconds a closed page's server-side session data is kept (Gradio's own: until 10,000 sessions)",
+    )
     a = ap.parse_args(argv)
     endpoints = a.endpoint or [e.strip() for e in (_env("ENDPOINTS", "") or "").split(",") if e.strip()]
     return AppConfig(
@@ -161,6 +170,7 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         endpoint_api_key=a.endpoint_api_key,
         tokenizer_dir=a.tokenizer_dir,
         remote_timeout=a.remote_timeout,
+        session_ttl=a.session_ttl,
     )
 
 
@@ -214,6 +224,7 @@ def build(config: AppConfig):
         server_history=config.server_history,
         concurrency=config.concurrency,
         limits=Limits(max_message_chars=config.max_message_chars),
+        closed_session_ttl=config.session_ttl,
     )
     demo, launch_kwargs = build_app(manager, ui_config, scheduler)
     auth = Auth.from_pairs(config.auth, config.api_keys)

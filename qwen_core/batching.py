@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from .generation import SeededSampler
+from .memory import Trimmer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Batcher:
     job in front of this.
     """
 
-    def __init__(self, model, stop_ids, max_batch: int = 16):
+    def __init__(self, model, stop_ids, max_batch: int = 16, trim_interval: float = 30.0):
         if not 1 <= max_batch <= 1024:
             raise ValueError("max_batch must be between 1 and 1024")
         self.model = model
@@ -88,6 +89,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.steps = 0  # decode steps run (for stats and tests)
+        self.trimmer = Trimmer(trim_interval)
         self.max_rows_seen = 0
 
     # --- public -------------------------------------------------------------
@@ -126,18 +128,38 @@ class Batcher:
     # --- worker -------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._pending and not self._rows:
-                    if self._closed:
-                        return
-                    self._cond.wait()
-                admit = []
-                while self._pending and len(self._rows) + len(admit) < self.max_batch:
-                    admit.append(self._pending.popleft())
+            admit = self._wait_for_work()
+            if admit is None:
+                return
             for row in admit:
                 self._admit(row)
             if self._rows:
                 self._step()
+            # Every step allocates tensors of new shapes; hand the freed ones back to the OS
+            # now and then, or RSS creeps up over days (see qwen_core.memory).
+            self.trimmer.maybe_trim()
+
+    def _wait_for_work(self) -> list[_Row] | None:
+        """The replies to admit now (waiting while there is nothing to do); None once closed."""
+        with self._cond:
+            trimmed = False
+            while not self._pending and not self._rows:
+                if self._closed:
+                    return None
+                if trimmed:
+                    self._cond.wait()
+                    continue
+                # Idle: trim once as soon as the rate limit allows, then sleep until woken.
+                due = self.trimmer.seconds_until_due()
+                if due == 0:
+                    self.trimmer.maybe_trim()
+                    trimmed = True
+                else:
+                    self._cond.wait(timeout=due)
+            admit = []
+            while self._pending and len(self._rows) + len(admit) < self.max_batch:
+                admit.append(self._pending.popleft())
+            return admit
 
     @torch.inference_mode()
     def _admit(self, row: _Row) -> None:

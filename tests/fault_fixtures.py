@@ -188,7 +188,7 @@ class FaultyServer:
 class InProcessApp:
     """The real app (Gradio UI + OpenAI API + health) on ``engine``, served by uvicorn in a thread."""
 
-    def __init__(self, engine, data_dir: Path, concurrency: int = 1, max_queue: int = 1):
+    def __init__(self, engine, data_dir: Path, concurrency: int = 1, max_queue: int = 1, **ui_options):
         import uvicorn
 
         from qwen_core.manager import ModelManager, ModelSpec
@@ -200,7 +200,9 @@ class InProcessApp:
         manager.start(ModelSpec(engine.info.path, device="cpu"))
         self.model = manager.current.name
         self.scheduler = Scheduler(SchedulerConfig(concurrency, max_queue))
-        demo, launch_kwargs = build_app(manager, UIConfig(data_dir=data_dir, concurrency=concurrency), self.scheduler)
+        ui_config = UIConfig(data_dir=data_dir, concurrency=concurrency, **ui_options)
+        demo, launch_kwargs = build_app(manager, ui_config, self.scheduler)
+        self.demo = demo
         self.service = demo.service
         asgi = create_app(manager, self.scheduler, demo, launch_kwargs)
         self.port = free_port()

@@ -13,6 +13,7 @@ from .handlers import Handlers
 from .layout import CSS, build_page, i18n
 from .personas import PersonaStore
 from .service import ChatService, Limits
+from .sessions import SessionSweeper
 from .storage import stable_secret
 from .user_store import UserStore
 from .wiring import wire
@@ -28,6 +29,7 @@ class UIConfig:
     server_history: bool = False  # keep a server-side copy per logged-in user
     concurrency: int = 4  # replies generated at once
     limits: Limits = field(default_factory=Limits)
+    closed_session_ttl: float = 600.0  # seconds a closed page's Gradio session is kept
     title: str = "Qwen Chat"
 
 
@@ -37,14 +39,15 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
     personas = PersonaStore(ASSETS / "personas", config.data_dir / "personas")
     service = ChatService(manager, personas, config.limits, scheduler)
     users = UserStore(config.data_dir / "users") if config.server_history else None
-    handlers = Handlers(service, users)
     context = manager.engine.info.context_length if manager.engine else 8192
     page = build_page(stable_secret(config.data_dir), context, config.title)
+    handlers = Handlers(service, users, SessionSweeper(page.demo, config.closed_session_ttl))
     with page.demo:
         wire(page, handlers)
         gr.api(make_chat_endpoint(service), api_name="chat", concurrency_id="generate")
     # Gradio's own queue only needs to pass requests on; the scheduler decides who runs.
     page.demo.queue(default_concurrency_limit=max(8, 2 * config.concurrency), max_size=max(64, 16 * config.concurrency))
     page.demo.service = service  # for tests and the HTTP API
+    page.demo.sessions = handlers.sessions  # for tests
     # Uploads are chat and persona imports: nothing larger than an import may be stored.
     return page.demo, {"i18n": i18n, "css": CSS, "max_file_size": MAX_IMPORT_BYTES}

@@ -17,6 +17,7 @@ from qwen_core.errors import QwenCoreError
 from .conversations import ConversationError, export_json, parse_import, to_chatbot, to_markdown
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, parse_persona
 from .service import ChatInputError, ChatService
+from .sessions import SessionSweeper
 from .storage import safe_name
 from .user_store import UserStore
 
@@ -56,9 +57,12 @@ def settings_dict(values) -> dict:
 class Handlers:
     """Handlers bound to one service; every method is a plain function of component values."""
 
-    def __init__(self, service: ChatService, user_store: UserStore | None = None):
+    def __init__(
+        self, service: ChatService, user_store: UserStore | None = None, sessions: SessionSweeper | None = None
+    ):
         self.service = service
         self.user_store = user_store
+        self.sessions = sessions
         self._tmp = Path(tempfile.mkdtemp(prefix="qwen-chat-exports-"))
 
     # --- helpers -----------------------------------------------------------
@@ -124,6 +128,8 @@ class Handlers:
     def load(self, store, request: gr.Request):
         """Restore the browser's (or the user's server-side) conversations and fill every panel."""
         username = getattr(request, "username", None)
+        if self.sessions:
+            self.sessions.opened(getattr(request, "session_hash", None))
         if self.user_store and username:
             store = self.user_store.load(username) or store
         store = self.service.ensure_store(store)
@@ -195,6 +201,8 @@ class Handlers:
     def forget_session(self, request: gr.Request) -> None:
         """The browser session ended (tab closed, client gone): stop its replies and drop its state."""
         self.service.forget_session(request.session_hash or "anonymous")
+        if self.sessions:
+            self.sessions.closed(request.session_hash)
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's reply within one token."""
