@@ -51,6 +51,7 @@ class AppConfig:
     tokenizer_dir: str | None = None
     remote_timeout: float = 60.0
     session_ttl: float = 600.0  # seconds a closed page's server-side session data is kept
+    hang_exit: float = 120.0  # exit when no Python code ran for this long (0: off); see server/watchdog.py
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -79,6 +80,8 @@ class AppConfig:
             raise ValueError("--remote-timeout must be between 1 and 3600 seconds")
         if not 10 <= self.session_ttl <= 7 * 86400:
             raise ValueError("--session-ttl must be between 10 seconds and 7 days")
+        if self.hang_exit != 0 and not 10 <= self.hang_exit <= 86400:
+            raise ValueError("--hang-exit must be 0 (off) or between 10 and 86400 seconds")
 
 
 def _env(name: str, default=None):
@@ -141,6 +144,13 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         default=float(_env("SESSION_TTL", "600")),
         help="seconds a closed page's server-side session data is kept (Gradio's own: until 10,000 sessions)",
     )
+    ap.add_argument(
+        "--hang-exit",
+        type=float,
+        default=float(_env("HANG_EXIT", "120")),
+        help="exit with every thread's traceback if the process stalls this many seconds, for a supervisor "
+        "to restart it (0: off)",
+    )
     a = ap.parse_args(argv)
     endpoints = a.endpoint or [e.strip() for e in (_env("ENDPOINTS", "") or "").split(",") if e.strip()]
     return AppConfig(
@@ -171,6 +181,7 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         tokenizer_dir=a.tokenizer_dir,
         remote_timeout=a.remote_timeout,
         session_ttl=a.session_ttl,
+        hang_exit=a.hang_exit,
     )
 
 
@@ -260,7 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     log.info("Serving the UI at http://%s:%d/ and the API at /v1", config.host, config.port)
-    uvicorn.run(asgi, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)
+    watchdog = None
+    if config.hang_exit:
+        from server.watchdog import HangWatchdog
+
+        log.info(
+            "Hang watchdog: the process exits (for its supervisor to restart it) if it stalls %g s", config.hang_exit
+        )
+        watchdog = HangWatchdog(config.hang_exit).start()
+    try:
+        uvicorn.run(asgi, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        if watchdog:
+            watchdog.stop()
     return 0
 
 

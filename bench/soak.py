@@ -31,7 +31,10 @@ import concurrent.futures
 import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -410,6 +413,48 @@ class RssSampler(threading.Thread):
             self.halt.wait(self.every)
 
 
+class HangWatch(threading.Thread):
+    """Probes ``/healthz``; after ``limit`` seconds without an answer the server counts as hung.
+
+    A hung server's threads are dumped (``py-spy dump --native``, where installed) into
+    ``stacks_path`` so the cause can be read afterwards, and ``stop`` is set to end the run.
+    """
+
+    def __init__(self, url: str, pid: int, stop: threading.Event, t0: float, stacks_path: Path, limit: float = 60.0):
+        super().__init__(daemon=True, name="hang-watch")
+        self.url, self.pid, self.stop, self.t0, self.stacks_path, self.limit = url, pid, stop, t0, stacks_path, limit
+        self.hung_at: float | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        last_ok = time.monotonic()
+        while not self.halt.wait(5.0):
+            try:
+                httpx.get(self.url + "/healthz", timeout=10).raise_for_status()
+                last_ok = time.monotonic()
+            except Exception:  # noqa: BLE001 - no answer is what is watched for
+                if time.monotonic() - last_ok >= self.limit:
+                    self.hung_at = round(last_ok - self.t0, 1)
+                    print(f"soak: the server stopped answering /healthz at {self.hung_at} s", flush=True)
+                    self._dump()
+                    self.stop.set()
+                    return
+
+    def _dump(self) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        try:
+            out = subprocess.run(
+                [spy, "dump", "--native", "--pid", str(self.pid)], capture_output=True, text=True, timeout=120
+            )
+            text = out.stdout + out.stderr
+        except (OSError, subprocess.SubprocessError) as exc:
+            text = f"could not dump the server's threads: {exc}"
+        self.stacks_path.parent.mkdir(parents=True, exist_ok=True)
+        self.stacks_path.write_text(text)
+
+
 def rss_verdict(samples: list[tuple[float, float]], warmup_s: float) -> dict:
     """Growth after warm-up: the median of the last fifth against the median of the first fifth after it."""
     after = [(t, r) for t, r in samples if t >= warmup_s]
@@ -603,6 +648,8 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         rss = RssSampler(app.proc.pid, args.sample_every, t0)
         rss.start()
+        watch = HangWatch(app.url, app.proc.pid, stop, t0, args.results_dir / f"{name}_hang_stacks.txt")
+        watch.start()
         uis = [UiClient(i, app.url, rec, stop, 1000 + i, args.reconnect_every) for i in range(n_ui)]
         clients = [
             *uis,
@@ -612,10 +659,14 @@ def main(argv=None) -> int:
         print(f"soak: {len(uis)} UI, {n_gradio} Gradio API, {n_api} /v1 clients for {duration:.0f} s", flush=True)
         for c in clients:
             c.start()
-        while time.monotonic() - t0 < duration:
-            time.sleep(min(10.0, duration))
+        while time.monotonic() - t0 < duration and not stop.is_set():
+            stop.wait(min(10.0, duration))
             print(f"  {time.monotonic() - t0:5.0f} s  {dict(rec.counts)}", flush=True)
         stop.set()
+        watch.halt.set()
+        if watch.hung_at is not None:
+            # Nothing more can be learnt from a hung server: report what was seen up to here.
+            app.proc.kill()
         deadline = time.monotonic() + 120  # each request has its own bound; this one catches a hang
         for c in clients:
             c.join(max(0.1, deadline - time.monotonic()))
@@ -623,9 +674,13 @@ def main(argv=None) -> int:
         wall = time.monotonic() - t0
         load_end = round(os.getloadavg()[0], 2)
         phase("load")
-        scheduler_after, idle_after_s = wait_idle(app.url)
         rss.halt.set()
-        lost, lost_problems = reload_all(app.url, uis)
+        if watch.hung_at is None:
+            scheduler_after, idle_after_s = wait_idle(app.url)
+            lost, lost_problems = reload_all(app.url, uis)
+        else:
+            scheduler_after, idle_after_s = {"active": None, "waiting": None, "hung": True}, None
+            lost, lost_problems = 0, [f"the server hung at {watch.hung_at} s (threads: {watch.stacks_path.name})"]
         app.stop()
         phase("reload chats, stop app")
         lost_restart, restart_problems = 0, []
@@ -680,6 +735,7 @@ def main(argv=None) -> int:
         "errors": errors,
         "error_samples": rec.errors[:20],
         "hung_clients": hung,
+        "server_hung_at_s": watch.hung_at,
         "scheduler_after": scheduler_after,
         "scheduler_idle_after_s": idle_after_s,
         "app_log_tail": _log_tail(app),
@@ -702,6 +758,7 @@ def main(argv=None) -> int:
         checked["wrong"]
         or errors
         or hung
+        or watch.hung_at is not None
         or lost
         or lost_restart
         or result["conversations"]["lost_on_reconnect"]
@@ -744,6 +801,7 @@ def markdown(name: str, r: dict) -> str:
         f"| replies checked exactly (of them cancelled/stopped, checked as prefixes) | {rep['checked']} ({rep['partial']}) |",
         f"| wrong replies / mixed replies | {rep['wrong']} / {rep['mixed']} |",
         f"| errors / hung clients | {r['errors']} / {len(r['hung_clients'])} |",
+        f"| server hung (stopped answering /healthz) at | {_fmt(r.get('server_hung_at_s'))} s |",
         f"| busy answers (429 / busy), retried | {r['busy_429']} |",
         f"| persona switches / UI reconnects | {c.get('ui persona switches', 0)} / {c.get('ui reconnects', 0)} |",
         f"| UI chats held at the end | {conv['chats_held']} |",
