@@ -261,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from qwen_core.errors import QwenCoreError
 
+    # After every queued event Gradio rebuilds a pandas table of its last 10,000 events, for a
+    # monitoring page this app does not serve: CPU on every reply, and memory that grew by
+    # ~120 MB over 15 minutes of the soak (docs/RELIABILITY.md). Keep a short window, summarised
+    # now and then. A deployment that wants Gradio's numbers can still set both.
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "50")
     try:
         asgi = build(config)
     except QwenCoreError as exc:
