@@ -368,7 +368,16 @@ class UiClient(threading.Thread):
                 client.predict(api_name="/stop")  # the Stop button: this session's reply, within one token
 
         _poll(job, seen)
-        final = job.result()[0]
+        try:
+            final = job.result()[0]
+        except (concurrent.futures.CancelledError, KeyError, ValueError) as exc:
+            # gradio_client's ways of reporting an event the server cancelled (see the /chat
+            # client). Expected after this client's own Stop; anything else cancelled the reply.
+            if not stopped:
+                raise RuntimeError(
+                    f"the reply was cancelled without Stop being pressed ({type(exc).__name__})"
+                ) from exc
+            final = None
         if not isinstance(final, dict):  # Stop cancelled the event: the UI then asks for the stopped chat
             final = client.predict(api_name="/after_stop")[0]
         self.store = final
