@@ -90,9 +90,25 @@ def write_served_checkpoint(engine, folder: str | Path, hf_tokenizer) -> Path:
 
 def free_port() -> int:
     """A loopback port nothing listens on (bound, read, released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports nothing listens on.
+
+    All are held until all are chosen: released one by one, the kernel may hand the same
+    port out twice, and two servers started at once would then share one URL (seen in CI).
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class ServeProcess:
@@ -140,8 +156,8 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"transformers serve exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200 and self.proc.poll() is None:
+                    return  # answered, and by a server of ours that is still running
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from remote_fixtures import ServeProcess, build_hf_tokenizer, free_port, write_served_checkpoint
+from remote_fixtures import ServeProcess, build_hf_tokenizer, free_port, free_ports, write_served_checkpoint
 
 from qwen_core import GenerationError, InputTooLong, QwenCoreError
 from qwen_core.generation import ReplyResult
@@ -59,7 +59,8 @@ def servers(engine, hf_tokenizer, tmp_path_factory):
         pytest.skip("transformers serve needs openai, fastapi and uvicorn: pip install -r requirements-dev.txt")
     folder = write_served_checkpoint(engine, tmp_path_factory.mktemp("served-qwen2"), hf_tokenizer)
     logs = tmp_path_factory.mktemp("serve-logs")
-    procs = [ServeProcess(folder, logs / "main.log"), ServeProcess(folder, logs / "victim.log")]
+    main_port, victim_port = free_ports(2)
+    procs = [ServeProcess(folder, logs / "main.log", main_port), ServeProcess(folder, logs / "victim.log", victim_port)]
     try:
         for proc in procs:
             proc.wait_ready(120)
