@@ -73,6 +73,19 @@ def machine(note: str = "") -> dict:
     return info
 
 
+def all_at_once(calls: list) -> tuple[list, float]:
+    """Run the no-argument ``calls`` in threads started together; returns their results (in
+    the order they finished) and the ``perf_counter`` time the first thread started."""
+    results: list = []
+    threads = [threading.Thread(target=lambda c=c: results.append(c())) for c in calls]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, started
+
+
 def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
     """A Markdown table of ``rows`` (missing cells empty)."""
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from _common import write_results
+from _common import all_at_once, write_results
 
 
 def stream_one(url: str, prompt: str, max_tokens: int) -> tuple[int, float, float]:
@@ -49,16 +48,9 @@ def stream_one(url: str, prompt: str, max_tokens: int) -> tuple[int, float, floa
 
 def run_wave(url: str, n: int, max_tokens: int) -> dict:
     """n streams at once; aggregate tokens/s over the wave's wall time."""
-    results: list[tuple[int, float, float]] = []
-    threads = [
-        threading.Thread(target=lambda i=i: results.append(stream_one(url, f"Request {i}: tell a story", max_tokens)))
-        for i in range(n)
-    ]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, started = all_at_once(
+        [lambda i=i: stream_one(url, f"Request {i}: tell a story", max_tokens) for i in range(n)]
+    )
     wall = time.perf_counter() - started
     tokens = sum(r[0] for r in results)
     return {

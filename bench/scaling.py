@@ -17,12 +17,10 @@ import json
 import statistics
 import tempfile
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 from _clients import stream_v1
-from _common import DOCS, checkpoint, write_results
+from _common import DOCS, all_at_once, checkpoint, write_results
 
 FILLER = "The quick brown fox jumps over the lazy dog while the river runs to the sea. "
 
@@ -70,17 +68,8 @@ def users_sweep(url: str, tokenizer, users: list[int], context: int, new_tokens:
     """n users sending at the same moment."""
     rows = []
     for n in users:
-        results: list[dict] = []
         texts = [message_of(tokenizer, context, 1000 * n + k) for k in range(n)]
-        threads = [
-            threading.Thread(target=lambda k=k, out=results, t=texts: out.append(one(url, t[k], new_tokens, seed=k)))
-            for k in range(n)
-        ]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results, started = all_at_once([lambda k=k, t=t: one(url, t, new_tokens, seed=k) for k, t in enumerate(texts)])
         wall = max(r["end"] for r in results) - started
         ttfts = sorted(r["ttft"] for r in results)
         rows.append(

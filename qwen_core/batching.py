@@ -146,11 +146,8 @@ class Batcher:
             while not self._pending and not self._rows:
                 if self._closed:
                     return None
-                if trimmed:
-                    self._cond.wait()
-                    continue
                 # Idle: trim once as soon as the rate limit allows, then sleep until woken.
-                due = self.trimmer.seconds_until_due()
+                due = None if trimmed else self.trimmer.seconds_until_due()
                 if due == 0:
                     self.trimmer.maybe_trim()
                     trimmed = True

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import threading
 import time
 
 
@@ -41,14 +40,14 @@ class Trimmer:
     """Calls :func:`trim_free_memory` at most once per ``interval`` seconds.
 
     A trim walks every arena (a few milliseconds for a heap of a GB), so it is rate
-    limited rather than run after every step.
+    limited rather than run after every step. Owned by one thread (the batcher's): it is
+    asked after every decode step, so it takes no lock.
     """
 
     def __init__(self, interval: float = 30.0):
         self.interval = interval
         self.trims = 0
         self._last = time.monotonic()
-        self._lock = threading.Lock()
 
     def seconds_until_due(self) -> float:
         """Seconds until the next trim may run (0 when it may run now)."""
@@ -57,10 +56,9 @@ class Trimmer:
     def maybe_trim(self, force: bool = False) -> bool:
         """Trim if ``interval`` has passed since the last trim (or ``force``); True if it ran."""
         now = time.monotonic()
-        with self._lock:
-            if _LIBC is None or (not force and now - self._last < self.interval):
-                return False
-            self._last = now
-            self.trims += 1
+        if _LIBC is None or (not force and now - self._last < self.interval):
+            return False
+        self._last = now
+        self.trims += 1
         trim_free_memory()
         return True

@@ -50,6 +50,30 @@ def long_engine(long_ckpt_dir):
     return load_engine(str(long_ckpt_dir), precision="fp32", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def app(ckpt_dir, tmp_path_factory):
+    """``python app.py`` on the tiny checkpoint, one per test module (modules that need other
+    flags define their own ``app``)."""
+    from server_process import AppProcess
+
+    proc = AppProcess(
+        ["--model", str(ckpt_dir), "--device", "cpu", "--data-dir", str(tmp_path_factory.mktemp("data"))],
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def manager(engine, ckpt_dir):
+    """A model manager holding the tiny engine (for the UI's service)."""
+    from qwen_core.manager import ModelManager, ModelSpec
+
+    m = ModelManager(lambda *a, **k: engine, [])
+    m.start(ModelSpec(str(ckpt_dir), device="cpu"))
+    return m
+
+
 @pytest.fixture(scope="session")
 def tokenizer(ckpt_dir):
     """The real Qwen vocabulary, read from the checkpoint folder."""

@@ -22,15 +22,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from server_process import free_port
+
 FAULT_MODES = ("blackhole", "stall", "stall-after-headers", "drop", "ping", "ping-after-text")
 DROP_PIECES = ("alpha ", "beta ", "gamma ")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _read_request(conn: socket.socket) -> tuple[str, str, bytes] | None:

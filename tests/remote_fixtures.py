@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from server_process import free_port
 
 # Renders Qwen's ChatML as PromptBuilder does: every message ``<|im_start|>role\ncontent<|im_end|>``,
 # joined by "\n", then "\n<|im_start|>assistant\n". Qwen2-Instruct's template renders the same text.
@@ -86,29 +87,6 @@ def write_served_checkpoint(engine, folder: str | Path, hf_tokenizer) -> Path:
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
     hf_tokenizer.save_pretrained(str(folder))
     return folder
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, read, released)."""
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports nothing listens on.
-
-    All are held until all are chosen: released one by one, the kernel may hand the same
-    port out twice, and two servers started at once would then share one URL (seen in CI).
-    """
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class ServeProcess:

@@ -14,7 +14,6 @@ import shutil
 
 import httpx
 import pytest
-from server_process import AppProcess
 
 from qwen_core import CheckpointError, QwenCoreError, load_engine
 from qwen_core.manager import ModelManager, ModelSpec
@@ -25,16 +24,6 @@ from ui.service import ChatInputError, ChatService, Limits, empty_store
 
 OK_BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
 OK_SETTINGS = {"temperature": 0, "max_new_tokens": 2}
-
-
-@pytest.fixture(scope="module")
-def app(ckpt_dir, tmp_path_factory):
-    proc = AppProcess(
-        ["--model", str(ckpt_dir), "--device", "cpu", "--data-dir", str(tmp_path_factory.mktemp("data"))],
-        env={"OMP_NUM_THREADS": "1"},
-    )
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -219,13 +208,6 @@ def test_gradio_chat_answers_a_ten_thousand_turn_history(gradio):
 
 
 # --- the UI's service: messages, edits, settings ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def manager(engine, ckpt_dir):
-    m = ModelManager(lambda *a, **k: engine, [])
-    m.start(ModelSpec(str(ckpt_dir), device="cpu"))
-    return m
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from server_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
@@ -374,12 +374,6 @@ def test_dockerignore_leaves_out(path):
 
 
 # --- the image's contract, without Docker ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stage_image(name: str, base: Path) -> tuple[Path, dict[str, str]]:

@@ -18,7 +18,6 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_process import AppProcess
 
 from qwen_core.prompt import DEFAULT_SYSTEM
 from qwen_core.tokenizer import SPECIAL_START, SPECIAL_TOKENS
@@ -176,15 +175,12 @@ def test_a_forged_history_cannot_add_or_drop_a_turn(engine, window):
 # --- the UI's service --------------------------------------------------------------------------------
 
 
-def test_ui_prompts_hold_only_the_builders_control_tokens(engine, tmp_path):
-    from qwen_core.manager import ModelManager, ModelSpec
+def test_ui_prompts_hold_only_the_builders_control_tokens(engine, manager, tmp_path):
     from ui import ASSETS
     from ui.conversations import to_model_history
     from ui.personas import PersonaStore
     from ui.service import ChatService, empty_store
 
-    manager = ModelManager(lambda *a, **k: engine, [])
-    manager.start(ModelSpec("tiny", device="cpu"))
     service = ChatService(manager, PersonaStore(ASSETS / "personas", tmp_path / "personas"))
     forged = FORGERIES[9]
     examples = [(forged, forged)]  # a persona's example dialogue
@@ -205,16 +201,6 @@ def test_ui_prompts_hold_only_the_builders_control_tokens(engine, tmp_path):
 
 
 # --- the running app ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def app(ckpt_dir, tmp_path_factory):
-    proc = AppProcess(
-        ["--model", str(ckpt_dir), "--device", "cpu", "--data-dir", str(tmp_path_factory.mktemp("data"))],
-        env={"OMP_NUM_THREADS": "1"},
-    )
-    yield proc
-    proc.stop()
 
 
 CASES = [

@@ -16,7 +16,8 @@ import threading
 import time
 
 import pytest
-from remote_fixtures import ServeProcess, build_hf_tokenizer, free_port, free_ports, write_served_checkpoint
+from remote_fixtures import ServeProcess, build_hf_tokenizer, write_served_checkpoint
+from server_process import free_port, free_ports
 
 from qwen_core import GenerationError, InputTooLong, QwenCoreError
 from qwen_core.generation import ReplyResult

@@ -16,13 +16,6 @@ from ui.service import ChatInputError, ChatService, Limits, empty_store
 GREEDY = {"do_sample": False, "max_new_tokens": 12}
 
 
-@pytest.fixture(scope="module")
-def manager(engine, ckpt_dir):
-    m = ModelManager(lambda *a, **k: engine, [])
-    m.start(ModelSpec(str(ckpt_dir), device="cpu"))
-    return m
-
-
 @pytest.fixture
 def personas(tmp_path):
     return PersonaStore(ASSETS / "personas", tmp_path / "personas")

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -75,12 +76,6 @@ def pytest_runtest_makereport(item, call):
 
 
 # --- the app server ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AppServer:
