@@ -52,6 +52,8 @@ class AppConfig:
     remote_timeout: float = 60.0
     session_ttl: float = 600.0  # seconds a closed page's server-side session data is kept
     hang_exit: float = 120.0  # exit when no Python code ran for this long (0: off); see server/watchdog.py
+    compile: bool = False  # one reply at a time through a static KV cache + torch.compile
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -82,6 +84,13 @@ class AppConfig:
             raise ValueError("--session-ttl must be between 10 seconds and 7 days")
         if self.hang_exit != 0 and not 10 <= self.hang_exit <= 86400:
             raise ValueError("--hang-exit must be 0 (off) or between 10 and 86400 seconds")
+        if self.compile and self.backend != "local":
+            raise ValueError("--compile applies to the local model only (the --endpoint servers compile their own)")
+        if self.compile and self.concurrency != 1:
+            raise ValueError(
+                "--compile decodes one reply at a time: leave --concurrency at 1, "
+                "or drop --compile to decode several replies together in one batch"
+            )
 
 
 def _env(name: str, default=None):
@@ -124,7 +133,21 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
     ap.add_argument("--data-dir", default=_env("DATA_DIR", "data"), help="personas, server-side history, secrets")
     ap.add_argument("--models", default=_env("MODELS", ""), help="comma-separated variants to switch to at run time")
     ap.add_argument("--server-history", action="store_true", default=_truthy(_env("SERVER_HISTORY", "0")))
-    ap.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "4")))
+    ap.add_argument(
+        "--concurrency", type=int, default=None, help="replies decoded at once (default 4; 1 with --compile)"
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        default=_truthy(_env("COMPILE", "0")),
+        help="fastest single stream: static KV cache + torch.compile (CUDA graphs on a GPU); "
+        "replies run one at a time; compiling takes a minute or two at start",
+    )
+    ap.add_argument(
+        "--compile-backend",
+        default=_env("COMPILE_BACKEND", "inductor"),
+        help="torch.compile backend for --compile (inductor; eager only checks that the model traces)",
+    )
     ap.add_argument("--max-message-chars", type=int, default=int(_env("MAX_MESSAGE_CHARS", "64000")))
     ap.add_argument("--auth", default=_env("AUTH"), help="user:password[,…] or @file; protects UI and API")
     ap.add_argument("--api-key", default=_env("API_KEY", ""), help="comma-separated keys accepted by /v1 (Bearer)")
@@ -152,6 +175,8 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         "to restart it (0: off)",
     )
     a = ap.parse_args(argv)
+    if a.concurrency is None:
+        a.concurrency = int(_env("CONCURRENCY", "1" if a.compile else "4"))
     endpoints = a.endpoint or [e.strip() for e in (_env("ENDPOINTS", "") or "").split(",") if e.strip()]
     return AppConfig(
         model=a.model or None,
@@ -182,6 +207,8 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         remote_timeout=a.remote_timeout,
         session_ttl=a.session_ttl,
         hang_exit=a.hang_exit,
+        compile=a.compile,
+        compile_backend=a.compile_backend,
     )
 
 
@@ -200,6 +227,7 @@ def pick_model(config: AppConfig) -> str:
 def build(config: AppConfig):
     """Load the model and compose UI + API; returns the ASGI app."""
     from qwen_core import load_engine
+    from qwen_core.compiled import CompileSettings
     from qwen_core.manager import ModelManager, ModelSpec
     from qwen_core.scheduler import Scheduler, SchedulerConfig
     from server.auth import Auth
@@ -222,7 +250,8 @@ def build(config: AppConfig):
         first = ModelSpec(pick_model(config), config.precision, config.device, config.source)
         others = [ModelSpec(m, "auto", config.device, config.source) for m in config.models]
         # Every reply granted a slot (--concurrency) is decoded in the one shared batch.
-        loader = functools.partial(load_engine, max_batch=config.concurrency)
+        compiled = CompileSettings(backend=config.compile_backend) if config.compile else False
+        loader = functools.partial(load_engine, max_batch=config.concurrency, compile=compiled)
         manager = ModelManager(loader, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
 
     def progress(fraction: float, message: str) -> None:

@@ -32,6 +32,7 @@ class EngineInfo:
     context_length: int  # longest prompt + reply the model handles
     seq_length: int  # trained context
     load_seconds: float
+    decode: str = "eager"  # "batched", "eager", or "compiled (<backend>, <mode>)"
 
 
 class Engine:
@@ -44,6 +45,7 @@ class Engine:
         defaults: GenerationSettings,
         info: EngineInfo,
         max_batch: int = 16,
+        compile=None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -56,20 +58,33 @@ class Engine:
         if not 0 <= max_batch <= 1024:
             raise ValueError("max_batch must be between 0 and 1024")
         self.max_batch = max_batch
+        # compile (a CompileSettings): replies run one at a time through a static KV cache
+        # and torch.compile instead of the batch (see qwen_core/compiled.py).
+        self.compile = compile
         self._batcher = None
         self._batcher_lock = threading.Lock()
 
     @property
     def batcher(self):
-        """The :class:`~qwen_core.batching.Batcher` all replies go through (None without batching)."""
-        if not self.max_batch or self.model is None:
+        """The worker all replies go through: the decode :class:`~qwen_core.batching.Batcher`,
+        the :class:`~qwen_core.compiled.CompiledDecoder`, or None (each reply its own ``generate``)."""
+        if (not self.max_batch and self.compile is None) or self.model is None:
             return None
         with self._batcher_lock:
             if self._batcher is None:
-                from .batching import Batcher
-
-                self._batcher = Batcher(self.model, self.tokenizer.stop_ids, self.max_batch)
+                self._batcher = self._make_worker()
             return self._batcher
+
+    def _make_worker(self):
+        if self.compile is not None:
+            from .compiled import CompiledDecoder
+
+            return CompiledDecoder(
+                self.model, self.tokenizer.stop_ids, self.tokenizer.eod_id, self.info.context_length, self.compile
+            )
+        from .batching import Batcher
+
+        return Batcher(self.model, self.tokenizer.stop_ids, self.max_batch)
 
     # --- prompts -------------------------------------------------------------
     def plan_prompt(
@@ -146,17 +161,23 @@ class Engine:
         system, history, query = split_messages(messages)
         return self.stream_chat(query, history, system, cancel=cancel, **gen)
 
+    def unload_worker(self) -> None:
+        """Stop the decode worker after its replies end; the next reply builds a fresh one."""
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
+
     def unload(self) -> None:
         """Drop the weights (for switching variants); the engine is unusable afterwards."""
         import gc
 
         import torch
 
-        with self._batcher_lock:
-            batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            batcher.close()
+        self.unload_worker()
         self.model = None
+        if self.compile is not None:
+            torch._dynamo.reset()  # compiled graphs hold the weights; drop them with the model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

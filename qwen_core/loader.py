@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import CheckpointInfo, inspect_checkpoint, resolve_checkpoint
+from .compiled import CompileSettings
 from .engine import Engine, EngineInfo
 from .errors import CheckpointError
 from .placement import Placement, plan_placement
@@ -28,6 +30,7 @@ def load_engine(
     attention: str = "auto",
     progress: Callable[[float, str], None] | None = None,
     max_batch: int = 16,
+    compile: bool | CompileSettings = False,
 ) -> Engine:
     """Load a Qwen-1 chat checkpoint onto transformers' Qwen2 implementation.
 
@@ -37,6 +40,10 @@ def load_engine(
     :class:`~qwen_core.errors.UnsupportedCombination` before any weight is read.
     No code from the checkpoint is ever executed. ``max_batch``: replies decoded together
     in one batch (continuous batching); 0 gives every reply its own ``generate``.
+    ``compile``: True or a :class:`~qwen_core.compiled.CompileSettings` runs replies one at a
+    time through a static KV cache and ``torch.compile`` (CUDA graphs on a GPU), the fastest
+    single stream; compiled at load. Where it cannot be had (GPTQ weights, a failed compile)
+    the engine falls back to ``max_batch`` and says why in ``info.decode``.
     """
     report = progress or (lambda fraction, message: None)
     started = time.perf_counter()
@@ -64,8 +71,35 @@ def load_engine(
         context_length=config.max_position_embeddings,
         seq_length=config.qwen_seq_length,
         load_seconds=time.perf_counter() - started,
+        decode="batched" if max_batch else "eager",
     )
-    return Engine(hf_model, tokenizer, defaults, info, max_batch=max_batch)
+    engine = Engine(hf_model, tokenizer, defaults, info, max_batch=max_batch)
+    if compile:
+        _enable_compile(engine, compile if isinstance(compile, CompileSettings) else CompileSettings(), report)
+    return engine
+
+
+def _enable_compile(engine: Engine, settings: CompileSettings, report) -> None:
+    """Switch ``engine`` to the compiled single-stream decoder, compiling it now, or say why not."""
+    fallback = engine.info.decode
+    quantizer = getattr(engine.model, "hf_quantizer", None)
+    if quantizer is not None and not quantizer.is_compileable:
+        reason = "not available for GPTQ weights"
+    else:
+        engine.compile = settings
+        try:
+            if settings.warmup:
+                report(1.0, "Compiling the decode step (torch.compile; a minute or two)")
+                seconds = engine.batcher.warm_up()
+                log.info("Compiled the decode step (smallest cache bucket) in %.1f s", seconds)
+            engine.info = replace(engine.info, decode=f"compiled ({settings.backend}, {settings.mode})")
+            return
+        except Exception as exc:  # noqa: BLE001 - the app keeps serving, uncompiled, and says why
+            engine.unload_worker()
+            engine.compile = None
+            reason = f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    log.warning("--compile: %s; decoding %s instead", reason, fallback)
+    engine.info = replace(engine.info, decode=f"{fallback} ({reason})")
 
 
 def _load_model(ckpt: CheckpointInfo, placement: Placement):

@@ -99,6 +99,7 @@ class ModelManager:
             "device": info.device,
             "device_map": info.device_map,
             "attention": info.attn_implementation,
+            "decode": getattr(info, "decode", "eager"),
             "context_length": info.context_length,
             "params_b": round(info.n_params / 1e9, 3),
             "memory": memory_in_use(),

@@ -19,6 +19,7 @@ backend (SDPA, FlashAttention-2, paged) therefore works unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 from dataclasses import dataclass
@@ -41,6 +42,25 @@ class _ForwardState:
 
 
 _STATE: contextvars.ContextVar[_ForwardState | None] = contextvars.ContextVar("qwen1_forward", default=None)
+
+
+class _Pin:
+    """Forward state for a model whose forwards run one at a time (the compiled decode path).
+
+    ``torch.compile`` cannot trace a ``ContextVar``, nor the data-dependent "is this the
+    prefill?" test on a static cache. Pinned for a whole reply, the forward reads plain
+    attributes instead, and the NTK alpha arrives as its inverse-frequency *tensor*, so a
+    new alpha is new data for the same graph, not a recompile.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.inv_freq: torch.Tensor | None = None  # [1, head_dim / 2] for the pinned alpha
+        self.state: _ForwardState | None = None
+
+    def current(self) -> _ForwardState | None:
+        """The state of the forward running now."""
+        return self.state if self.active else _STATE.get()
 
 
 def ntk_alpha(length: int, seq_length: int) -> float:
@@ -105,8 +125,9 @@ class QwenRotaryEmbedding(nn.Module):
     re-initialises non-persistent buffers of meta-device models at load time.
     """
 
-    def __init__(self, config: Qwen2Config):
+    def __init__(self, config: Qwen2Config, pin: _Pin):
         super().__init__()
+        self.pin = pin
         self.dim = config.head_dim
         self.base = float(config.rope_parameters["rope_theta"])
         self.attention_scaling = 1.0
@@ -122,12 +143,18 @@ class QwenRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pin.active:
+            return self._embed(x, position_ids, self.pin.inv_freq)
         state = _STATE.get()
         alphas = state.alphas if state is not None else (1.0,)
         if len(set(alphas)) == 1:
             inv_freq = self.inv_freq_for(alphas[0], x.device)[None, :]
         else:
             inv_freq = torch.stack([self.inv_freq_for(a, x.device) for a in alphas])
+        return self._embed(x, position_ids, inv_freq)
+
+    @staticmethod
+    def _embed(x: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor):
         freqs = position_ids[..., None].float() * inv_freq[:, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
@@ -181,7 +208,8 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
-        self.model.rotary_emb = QwenRotaryEmbedding(config)
+        self._pin = _Pin()
+        self.model.rotary_emb = QwenRotaryEmbedding(config, self._pin)
         self._last_alphas: tuple[float, ...] = (1.0,)
 
     def _attach_logn_hooks(self) -> None:
@@ -189,8 +217,36 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
         for layer in self.model.layers:
             q_proj = layer.self_attn.q_proj
             if not getattr(q_proj, "_qwen_logn_hooked", False):
-                q_proj.register_forward_hook(_scale_query_logn)
+                q_proj.register_forward_hook(_LognHook(self._pin))
                 q_proj._qwen_logn_hooked = True
+
+    def prefill_alphas(self, prompt_length: int) -> tuple[float, ...]:
+        """The NTK alpha a one-row reply to a prompt of ``prompt_length`` tokens uses throughout."""
+        cfg = self.config
+        if not getattr(cfg, "qwen_use_dynamic_ntk", False) or prompt_length <= cfg.qwen_seq_length:
+            return (1.0,)
+        return (ntk_alpha(prompt_length, cfg.qwen_seq_length),)
+
+    @contextlib.contextmanager
+    def pinned(self, alphas: tuple[float, ...]):
+        """Run forwards with ``alphas`` fixed and no ``ContextVar``: traceable by ``torch.compile``.
+
+        Only for forwards that run one at a time (the caller serialises them): the state
+        lives on the model, not in the calling thread's context.
+        """
+        if getattr(self.config, "qwen_use_logn_attn", False):
+            self._attach_logn_hooks()  # before tracing: a hook added inside a graph is not seen
+        if len(set(alphas)) != 1:
+            raise ValueError("a pinned forward runs one reply: one alpha")
+        device = self.get_input_embeddings().weight.device
+        self._pin.inv_freq = self.model.rotary_emb.inv_freq_for(alphas[0], device)[None, :]
+        self._pin.active = True
+        try:
+            yield self
+        finally:
+            self._pin.active = False
+            self._pin.inv_freq = None
+            self._pin.state = None
 
     def _ntk_alphas(self, input_ids, inputs_embeds, attention_mask, past_key_values) -> tuple[float, ...]:
         """Alpha per row: from the prompt length at prefill, then kept on the cache for decode."""
@@ -235,6 +291,18 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
         **kwargs,
     ):
         """Qwen2's forward with Qwen-1's dynamic NTK and LogN attention in effect."""
+        if self._pin.active:
+            return self._pinned_forward(
+                input_ids,
+                attention_mask,
+                position_ids,
+                past_key_values,
+                inputs_embeds,
+                labels,
+                use_cache,
+                logits_to_keep,
+                **kwargs,
+            )
         alphas = self._ntk_alphas(input_ids, inputs_embeds, attention_mask, past_key_values)
         if position_ids is None:
             source = input_ids if input_ids is not None else inputs_embeds
@@ -259,12 +327,47 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
         finally:
             _STATE.reset(token)
 
+    def _pinned_forward(
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        past_key_values,
+        inputs_embeds,
+        labels,
+        use_cache,
+        logits_to_keep,
+        **kwargs,
+    ):
+        if position_ids is None:  # generate always passes them; a data-dependent fallback otherwise
+            source = input_ids if input_ids is not None else inputs_embeds
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(past, past + source.shape[1], device=source.device)[None, :]
+        self._pin.state = _ForwardState(alphas=(), logn=self._logn(position_ids))  # alpha: in pin.inv_freq
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
 
-def _scale_query_logn(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-    state = _STATE.get()
-    if state is None or state.logn is None:
-        return output
-    return output * state.logn.to(device=output.device, dtype=output.dtype)
+
+class _LognHook:
+    """Forward hook on ``q_proj``: scales queries past the trained context by LogN."""
+
+    def __init__(self, pin: _Pin):
+        self.pin = pin
+
+    def __call__(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        state = self.pin.current()
+        if state is None or state.logn is None:
+            return output
+        return output * state.logn.to(device=output.device, dtype=output.dtype)
 
 
 register_checkpoint_conversion_mapping("QwenV1ForCausalLM", _conversion_mapping(), overwrite=True)

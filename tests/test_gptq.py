@@ -60,3 +60,15 @@ def test_fp_precision_on_a_gptq_checkpoint_is_refused(gptq):
     other = 8 if bits == 4 else 4
     with pytest.raises(UnsupportedCombination):
         load_engine(str(folder), precision=f"int{other}", device="cpu")
+
+
+def test_compile_on_gptq_falls_back_to_the_batch_and_says_why(gptq):
+    bits, folder, _, engine = gptq
+    compiled = load_engine(str(folder), precision=f"int{bits}", device="cpu", compile=True)
+    try:
+        assert compiled.info.decode == "batched (not available for GPTQ weights)"
+        assert compiled.compile is None and type(compiled.batcher).__name__ == "Batcher"
+        kw = dict(do_sample=False, max_new_tokens=12)
+        assert compiled.chat("Quantized hello", **kw) == engine.chat("Quantized hello", **kw)
+    finally:
+        compiled.unload()

@@ -307,7 +307,8 @@ class Handlers:
         devices = ", ".join(sorted(set(s["device_map"].values())))
         return (
             f"**{s['model']}** — {s['precision']} ({s['dtype']}), {s['params_b']} B parameters  \n"
-            f"device: {s['device']} ({devices}) · attention: {s['attention']} · context {s['context_length']:,} tokens  \n"
+            f"device: {s['device']} ({devices}) · attention: {s['attention']} · decode: {s.get('decode', 'eager')} "
+            f"· context {s['context_length']:,} tokens  \n"
             f"memory: process {mem['rss_gb']} GB{' · ' + gpu if gpu else ''}"
         )
 

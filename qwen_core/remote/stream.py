@@ -1,0 +1,326 @@
+"""A remote reply: the worker thread that talks to the servers and the stream the consumer reads."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ..errors import GenerationError
+from ..generation import ReplyResult
+from .protocol import (
+    _FINISH,
+    _PATHS,
+    MODE_CHAT,
+    Endpoint,
+    _describe,
+    _error_detail,
+    _Failover,
+    _Request,
+    _sse_events,
+    _StopScanner,
+    build_body,
+)
+
+if TYPE_CHECKING:
+    from .client import RemoteEngine
+
+_POLL_S = 0.02  # how often a waiting consumer looks at its cancel event
+
+
+@dataclass
+class RemoteReplyResult(ReplyResult):
+    """:class:`ReplyResult` plus where the reply came from (``token_ids`` stays empty)."""
+
+    endpoint: str | None = None
+    mode: str | None = None
+    server_prompt_tokens: int | None = None  # the server's count; differs from prompt_tokens only off the ids path
+
+
+# --- the stream -----------------------------------------------------------------------
+
+
+class _Channel:
+    """What the worker thread and the consumer share (the worker never references the stream)."""
+
+    def __init__(self):
+        self.items: queue.SimpleQueue = queue.SimpleQueue()
+        self.abandoned = threading.Event()
+        self.received = 0  # text chunks received from the server
+        self.delivered = 0  # text pieces handed to the consumer's queue
+        self.usage: dict | None = None
+        self.endpoint: str | None = None
+        self.mode: str | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, response: httpx.Response) -> None:
+        """Remember the response's socket so another thread can close it at once."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._sock = sock
+            if self.abandoned.is_set():
+                _shutdown(sock)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._sock = None
+
+    def abandon(self) -> None:
+        """Stop reading: shut the socket down, so the server sees the client leave now."""
+        with self._lock:
+            self.abandoned.set()
+            _shutdown(self._sock)
+
+    def put_text(self, text: str) -> None:
+        if text:
+            self.delivered += 1
+            self.items.put(("text", text))
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class RemoteReplyStream(Iterator[str]):
+    """A reply streamed from a server; behaves like :class:`~qwen_core.generation.ReplyStream`.
+
+    A worker thread talks to the servers (failing over before the first text) and hands
+    text pieces over a queue; the consumer waits on that queue in short slices, so a
+    ``cancel`` event set by any thread ends the stream within one slice, and closing
+    shuts the connection down so the server frees the slot.
+    """
+
+    def __init__(self, engine: RemoteEngine, req: _Request, cancel: threading.Event | None = None):
+        self.cancel_event = cancel or threading.Event()
+        self.result = RemoteReplyResult(prompt_tokens=len(req.ids or ()), seed=req.seed)
+        self._chan = _Channel()
+        self._pieces: list[str] = []
+        self._done = False
+        self._finish_lock = threading.Lock()  # close() may run in another thread than __next__
+        self._started = time.perf_counter()
+        self._first_at: float | None = None
+        self._thread = threading.Thread(
+            target=_worker, args=(engine, req, self._chan), daemon=True, name="qwen-remote-reply"
+        )
+        self._thread.start()
+
+    def __iter__(self) -> RemoteReplyStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._done:
+            raise StopIteration
+        while True:
+            if self.cancel_event.is_set():
+                self._finish("cancelled")
+                raise StopIteration
+            try:
+                kind, value = self._chan.items.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if kind == "text":
+                if self._first_at is None:
+                    self._first_at = time.perf_counter()
+                self._pieces.append(value)
+                return value
+            if kind == "end":
+                self._finish(value)
+                raise StopIteration
+            self._finish("error")
+            raise value
+
+    def _finish(self, reason: str) -> None:
+        with self._finish_lock:
+            if self._done:
+                return
+            self._done = True
+        chan, res = self._chan, self.result
+        if reason in ("cancelled", "error"):
+            chan.abandon()
+        res.finish_reason = reason
+        res.text = "".join(self._pieces)
+        res.elapsed_s = time.perf_counter() - self._started
+        if self._first_at is not None:
+            res.time_to_first_token_s = self._first_at - self._started
+        usage = chan.usage or {}
+        completion = usage.get("completion_tokens") if reason != "cancelled" else None
+        res.completion_tokens = int(completion) if isinstance(completion, int) else chan.received
+        if isinstance(usage.get("prompt_tokens"), int):
+            res.server_prompt_tokens = usage["prompt_tokens"]
+        res.endpoint, res.mode = chan.endpoint, chan.mode
+
+    @property
+    def tokens_so_far(self) -> int:
+        """Chunks received so far (servers send about one token per chunk)."""
+        return self._chan.received
+
+    def cancel(self) -> None:
+        """Ask the stream to stop; the consumer ends it within one poll slice."""
+        self.cancel_event.set()
+
+    def close(self) -> None:
+        """Stop reading and close the connection (the server frees the slot); safe to call twice."""
+        if self._done:
+            return
+        self.cancel_event.set()
+        self._finish("cancelled")
+        self._thread.join(timeout=0.5)
+
+    def __enter__(self) -> RemoteReplyStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        chan = getattr(self, "_chan", None)
+        if chan is not None and not getattr(self, "_done", True):
+            chan.abandon()
+
+    def text(self) -> str:
+        """Consume the rest and return the whole reply text (unstripped)."""
+        for _ in self:
+            pass
+        return self.result.text
+
+
+def _worker(engine: RemoteEngine, req: _Request, chan: _Channel) -> None:
+    """Thread body: find an endpoint and stream from it, failing over until text has arrived."""
+    try:
+        attempts: list[tuple[str, str]] = []
+        for ep in engine._candidates():
+            if chan.abandoned.is_set():
+                return
+            if not engine._ready(ep):
+                attempts.append((ep.url, ep.last_error or "down"))
+                continue
+            if ep.mode == MODE_CHAT and req.messages is None:
+                attempts.append((ep.url, "it accepts only chat messages, and this request is raw token ids"))
+                continue
+            try:
+                _serve(engine, ep, req, chan)
+                return
+            except _Failover as exc:
+                if chan.abandoned.is_set():
+                    return
+                if exc.mark_down:
+                    engine._mark_down(ep, str(exc))
+                attempts.append((ep.url, str(exc)))
+        if not chan.abandoned.is_set():
+            chan.items.put(("error", engine._unavailable(attempts)))
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+        chan.items.put(("error", exc))
+
+
+def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) -> None:
+    chan.endpoint, chan.mode = ep.url, ep.mode
+    body = build_body(
+        ep.mode, ep.dialect, req, model=engine.served_model, stop_ids=engine.stop_ids, suppress_ids=engine.suppress_ids
+    )
+    read_timeout = engine.timeout if req.stream else engine.response_timeout
+    timeout = httpx.Timeout(read_timeout, connect=engine.connect_timeout)
+    finish: str | None = None
+    scanner = _StopScanner()
+    progress_at = [time.monotonic()]  # when the last text arrived (the request's start, at first)
+
+    def stalled() -> bool:
+        return time.monotonic() - progress_at[0] > read_timeout
+
+    try:
+        with engine._client.stream("POST", ep.url + _PATHS[ep.mode], json=body, timeout=timeout) as resp:
+            chan.attach(resp)
+            if chan.abandoned.is_set():
+                return
+            if resp.status_code != 200:
+                detail = _error_detail(resp)
+                if resp.status_code >= 500 or resp.status_code in (408, 429):
+                    raise _Failover(f"HTTP {resp.status_code}: {detail}", mark_down=resp.status_code != 429)
+                raise GenerationError(
+                    f"{ep.url} refused the request (HTTP {resp.status_code}): {detail}. "
+                    "Check --model (the served model id) and that the server serves a Qwen chat model."
+                )
+            whole = not req.stream or "application/json" in resp.headers.get("content-type", "")
+            events = [resp.read().decode("utf-8", "replace")] if whole else _sse_events(resp, stalled)
+            for data in events:
+                if chan.abandoned.is_set():
+                    return
+                if data.strip() == "[DONE]":
+                    finish = finish or "stop"
+                    break
+                try:
+                    obj = json.loads(data)
+                except ValueError as exc:
+                    raise GenerationError(f"{ep.url} sent something that is not JSON: {data[:200]!r}") from exc
+                if not isinstance(obj, dict):
+                    raise GenerationError(f"{ep.url} sent an unexpected reply: {data[:200]!r}")
+                if obj.get("error") or obj.get("object") == "error":
+                    err = obj.get("error", obj.get("message"))
+                    if isinstance(err, dict):
+                        err = err.get("message", err)
+                    raise GenerationError(f"{ep.url} failed while generating: {err}")
+                if isinstance(obj.get("usage"), dict):
+                    chan.usage = obj["usage"]
+                for choice in obj.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    if ep.mode == MODE_CHAT:
+                        part = choice.get("delta") or choice.get("message") or {}
+                        text = part.get("content") if isinstance(part, dict) else None
+                    else:
+                        text = choice.get("text")
+                    if text:
+                        progress_at[0] = time.monotonic()
+                        chan.received += 1
+                        if not scanner.stopped:
+                            chan.put_text(scanner.feed(text))
+                    reason = choice.get("finish_reason")
+                    if reason:
+                        finish = reason
+                if scanner.stopped:
+                    finish = "stop"
+                    break
+    except _Failover:
+        raise
+    except (httpx.TransportError, httpx.StreamError) as exc:
+        if chan.abandoned.is_set():
+            return
+        if finish is not None:  # the reply was complete; only the tail (usage, [DONE]) was lost
+            pass
+        elif chan.delivered == 0:
+            raise _Failover(_describe(exc, read_timeout)) from exc
+        else:
+            engine._mark_down(ep, _describe(exc, read_timeout))
+            raise GenerationError(
+                f"The reply from {ep.url} broke off after {chan.received} tokens: {_describe(exc, read_timeout)}. "
+                "The server may have restarted, crashed or stalled; send the message again "
+                "(another endpoint is used if this one stays down)."
+            ) from exc
+    finally:
+        chan.detach()
+    if not scanner.stopped:
+        chan.put_text(scanner.flush())
+    if finish is None:
+        if chan.delivered == 0:
+            raise _Failover("the server closed the stream before sending anything")
+        raise GenerationError(
+            f"The reply from {ep.url} broke off after {chan.received} tokens: the server closed the stream "
+            "without saying why the reply ended. Send the message again."
+        )
+    mapped = _FINISH.get(finish)
+    if mapped is None and finish in ("abort", "error", "cancelled"):
+        raise GenerationError(f"{ep.url} ended the reply with '{finish}' (the server aborted it). Send it again.")
+    chan.items.put(("end", mapped or "stop"))
