@@ -17,9 +17,12 @@ QWEN_DEFAULTS = {
 }
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How one reply is sampled. ``temperature == 0`` or ``do_sample=False`` means greedy."""
+    """How one reply is sampled. ``temperature`` below 1e-5 (0 included) or ``do_sample=False`` means greedy."""
 
     do_sample: bool = True
     temperature: float = 1.0
@@ -62,7 +65,9 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         """Whether the reply is decoded greedily."""
-        return not self.do_sample or self.temperature == 0.0
+        # Dividing logits by a temperature of 1e-186 makes them infinite and the draw NaN (found
+        # by the API fuzzer); below 1e-5 sampling is greedy in all but name (vLLM's cut-off too).
+        return not self.do_sample or self.temperature < GREEDY_BELOW
 
     @classmethod
     def from_generation_config(cls, config: dict) -> GenerationSettings:

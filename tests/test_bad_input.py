@@ -118,6 +118,16 @@ def test_v1_streams_refuse_before_the_stream_starts(http):
     _serves_v1(http)
 
 
+@pytest.mark.parametrize("temperature", [1.563842612921592e-186, 1e-38, 1e-6])
+def test_v1_a_vanishing_temperature_is_greedy_not_a_server_error(http, engine, temperature):
+    """Found by the API fuzzer: logits divided by 1.6e-186 were infinite and the draw NaN (HTTP 500)."""
+    body = {"messages": [{"role": "user", "content": "Hello"}], "temperature": temperature, "max_tokens": 8}
+    status, reply = _v1(http, json.dumps(body).encode())
+    assert status == 200, reply
+    assert reply["choices"][0]["message"]["content"] == engine.chat("Hello", do_sample=False, max_new_tokens=8)
+    _serves_v1(http)
+
+
 def test_v1_answers_a_ten_thousand_turn_history(http, engine):
     """10,000 messages is the most a request may hold: it is answered, keeping the newest turns that fit."""
     turns = [(f"question {i}", f"answer {i}") for i in range(4_999)]

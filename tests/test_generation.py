@@ -171,10 +171,11 @@ def test_concurrent_seeded_replies_do_not_interfere(engine):
     assert out == solo
 
 
-def test_temperature_zero_is_greedy(engine):
-    assert engine.chat("Hello", temperature=0.0, max_new_tokens=15) == engine.chat(
-        "Hello", do_sample=False, max_new_tokens=15
-    )
+@pytest.mark.parametrize("temperature", [0.0, 1e-186, 1e-38, 9.9e-6])
+def test_temperature_zero_or_vanishing_is_greedy(engine, temperature):
+    stream = engine.stream_chat("Hello", temperature=temperature, max_new_tokens=15)
+    assert stream.text().strip() == engine.chat("Hello", do_sample=False, max_new_tokens=15)
+    assert stream.result.seed is None  # greedy: no seed to report
 
 
 @pytest.mark.parametrize(
