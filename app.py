@@ -38,6 +38,7 @@ class AppConfig:
     server_history: bool = False
     concurrency: int = 4
     max_message_chars: int = 64_000
+    updates_per_second: float = 25.0  # UI / Gradio-API stream updates per reply (0: one per token)
     max_queue: int = 32
     rate_limit: int = 0  # requests per minute per user; 0 = off
     max_body_bytes: int = 2_000_000
@@ -66,6 +67,8 @@ class AppConfig:
             raise ValueError("--concurrency must be between 1 and 256")
         if not 1 <= self.max_message_chars <= 10_000_000:
             raise ValueError("--max-message-chars must be between 1 and 10,000,000")
+        if self.updates_per_second != 0 and not 1 <= self.updates_per_second <= 1000:
+            raise ValueError("--updates-per-second must be 0 (one update per token) or between 1 and 1000")
         if not 0 <= self.max_queue <= 100_000:
             raise ValueError("--max-queue must be between 0 and 100,000")
         if not 0 <= self.rate_limit <= 1_000_000:
@@ -149,6 +152,12 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         help="torch.compile backend for --compile (inductor; eager only checks that the model traces)",
     )
     ap.add_argument("--max-message-chars", type=int, default=int(_env("MAX_MESSAGE_CHARS", "64000")))
+    ap.add_argument(
+        "--updates-per-second",
+        type=float,
+        default=float(_env("UPDATES_PER_SECOND", "25")),
+        help="most stream updates a reply sends to a page or the Gradio API (0: one per token); /v1 sends every token",
+    )
     ap.add_argument("--auth", default=_env("AUTH"), help="user:password[,…] or @file; protects UI and API")
     ap.add_argument("--api-key", default=_env("API_KEY", ""), help="comma-separated keys accepted by /v1 (Bearer)")
     ap.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")), help="replies waiting before 429")
@@ -193,6 +202,7 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         server_history=a.server_history,
         concurrency=a.concurrency,
         max_message_chars=a.max_message_chars,
+        updates_per_second=a.updates_per_second,
         max_queue=a.max_queue,
         rate_limit=a.rate_limit,
         max_body_bytes=a.max_body_bytes,
@@ -263,7 +273,7 @@ def build(config: AppConfig):
         data_dir=Path(config.data_dir),
         server_history=config.server_history,
         concurrency=config.concurrency,
-        limits=Limits(max_message_chars=config.max_message_chars),
+        limits=Limits(max_message_chars=config.max_message_chars, updates_per_second=config.updates_per_second),
         closed_session_ttl=config.session_ttl,
     )
     demo, launch_kwargs = build_app(manager, ui_config, scheduler)

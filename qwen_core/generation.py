@@ -10,6 +10,7 @@ and the worker's exception (if any) is raised to the consumer.
 from __future__ import annotations
 
 import codecs
+import queue
 import secrets
 import threading
 import time
@@ -293,6 +294,23 @@ class ReplyStream(Iterator[str]):
             res.finish_reason = "cancelled"
         else:
             res.finish_reason = "length"  # max_new_tokens, or the model's context, ran out
+
+    def ready_pieces(self) -> list[str]:
+        """The pieces already generated, taken without waiting (see :func:`qwen_core.text.coalesced`)."""
+        out: list[str] = []
+        pending = self._streamer.text_queue
+        while not self._done:
+            try:
+                value = pending.get_nowait()
+            except queue.Empty:
+                break
+            if value is self._streamer.stop_signal:
+                pending.put(value)  # the end stays last, for __next__ to finish on
+                break
+            if value:
+                out.append(value)
+        self._pieces.extend(out)
+        return out
 
     @property
     def tokens_so_far(self) -> int:

@@ -1,8 +1,10 @@
-"""Checks on text that comes from users (messages, personas, imports) before it goes anywhere."""
+"""Text from users (checks before it goes anywhere) and text streamed back to them."""
 
 from __future__ import annotations
 
+import time
 import unicodedata
+from collections.abc import Iterator
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -32,3 +34,26 @@ def check_text(text: str, what: str) -> str:
             "Unicode text; send UTF-8 text"
         )
     return text
+
+
+def coalesced(stream: Iterator[str], max_per_second: float = 0.0) -> Iterator[str]:
+    """The stream's text, each item joining every piece already generated when it is taken.
+
+    A consumer as fast as the model gets one item per token; one slower than the model gets
+    fewer, larger items instead of falling further behind with every token. With
+    ``max_per_second`` the items are also paced: after an item, the next waits until
+    ``1 / max_per_second`` has passed and takes everything generated meanwhile (the first
+    item never waits). A browser update costs the server more than a small model's token and
+    nobody reads 90 updates a second; at 25 the text still appears to flow.
+    """
+    ready = getattr(stream, "ready_pieces", None)
+    interval = 1.0 / max_per_second if max_per_second > 0 else 0.0
+    last = None
+    for piece in stream:
+        if interval and last is not None:
+            wait = last + interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        more = ready() if ready is not None else None
+        last = time.monotonic()
+        yield piece + "".join(more) if more else piece

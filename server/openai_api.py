@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qwen_core.errors import InputTooLong, QwenCoreError
 from qwen_core.scheduler import Busy, Cancelled, Scheduler
-from qwen_core.text import check_text, is_blank
+from qwen_core.text import check_text, coalesced, is_blank
 
 log = logging.getLogger("qwen_chat.api")
 
@@ -411,7 +411,7 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
 def _pieces(stream, stops: StopStrings):
     """Text pieces with stop strings applied; stops generation when one appears."""
     try:
-        for piece in stream:
+        for piece in coalesced(stream):  # a slow client gets fewer, larger chunks
             out = stops.feed(piece)
             if out:
                 yield out

@@ -239,3 +239,47 @@ def test_first_token_is_fast_relative_to_reply(engine):
     first = time.perf_counter() - started
     stream.close()
     assert stream.result.time_to_first_token_s <= first + 0.5
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_slow_consumer_gets_the_same_text_in_fewer_items(engine, ckpt_dir, batched):
+    from qwen_core.text import coalesced
+
+    source = engine if batched else load_engine(str(ckpt_dir), device="cpu", max_batch=0)
+    kw = dict(do_sample=False, max_new_tokens=40)
+    stream = source.stream_chat("Write a poem about the sea.", **kw)
+    first = next(stream)
+    while not stream.worker_ended.is_set():  # a consumer busy elsewhere while the model runs on
+        time.sleep(0.05)
+    items = [first, *coalesced(stream)]
+    assert len(items) == 2  # everything generated meanwhile comes as one item
+    assert "".join(items) == stream.result.text == engine.stream_chat("Write a poem about the sea.", **kw).text()
+    assert stream.result.finish_reason == "length" and stream.result.completion_tokens == 40
+
+
+def test_coalescing_keeps_pace_with_a_fast_consumer_and_stops(engine):
+    from qwen_core.text import coalesced
+
+    stream = engine.stream_chat("Count to a thousand.", do_sample=False, max_new_tokens=400)
+    items = []
+    for item in coalesced(stream):
+        items.append(item)
+        if len(items) == 3:
+            stream.cancel()
+    assert stream.result.finish_reason == "cancelled" and "".join(items) == stream.result.text
+    assert stream.result.completion_tokens < 40
+
+
+def test_paced_items_come_at_most_at_the_rate_asked_and_lose_nothing(engine):
+    from qwen_core.text import coalesced
+
+    kw = dict(do_sample=False, max_new_tokens=120)
+    stream = engine.stream_chat("Write a poem about the sea.", **kw)
+    stamps, items = [], []
+    for item in coalesced(stream, max_per_second=4):
+        stamps.append(time.monotonic())
+        items.append(item)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert gaps and min(gaps) >= 0.249  # never two updates within 1/4 s
+    assert len(items) < stream.result.completion_tokens  # so several tokens per update
+    assert "".join(items) == stream.result.text == engine.stream_chat("Write a poem about the sea.", **kw).text()

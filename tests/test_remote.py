@@ -40,6 +40,7 @@ from qwen_core.remote import (
     remote_loader,
 )
 from qwen_core.settings import GenerationSettings
+from qwen_core.text import coalesced
 
 GREEDY = {"do_sample": False, "max_new_tokens": 24}
 LONG = {"do_sample": False, "max_new_tokens": 3000}  # far longer than any test waits for
@@ -402,3 +403,13 @@ def test_server_killed_mid_stream(victim, main, ckpt_dir, engine):
     finally:
         lone.unload()
         pair.unload()
+
+
+def test_a_slow_consumer_gets_the_same_text_in_fewer_items(remote, engine):
+    stream = remote.stream_chat("Write a poem about the sea.", HISTORY, SYSTEM, **GREEDY)
+    first = next(stream)
+    time.sleep(3)  # the rest arrives meanwhile
+    items = [first, *coalesced(stream)]
+    want = engine.stream_chat("Write a poem about the sea.", HISTORY, SYSTEM, **GREEDY).text()
+    assert "".join(items) == want == stream.result.text
+    assert len(items) <= 3 and stream.result.finish_reason == "length"

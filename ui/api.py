@@ -10,7 +10,7 @@ import gradio as gr
 from qwen_core.errors import QwenCoreError
 from qwen_core.prompt import DEFAULT_SYSTEM
 from qwen_core.scheduler import Busy
-from qwen_core.text import check_text, is_blank
+from qwen_core.text import check_text, coalesced, is_blank
 
 from .conversations import MAX_MESSAGES
 from .service import ChatService
@@ -69,7 +69,7 @@ def make_chat_endpoint(service: ChatService):
             except (ValueError, QwenCoreError) as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             try:
-                for piece in stream:
+                for piece in coalesced(stream, service.limits.updates_per_second):
                     text += piece
                     yield text
             finally:

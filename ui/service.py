@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from qwen_core.errors import QwenCoreError
 from qwen_core.manager import ModelManager
 from qwen_core.scheduler import Busy, Scheduler
-from qwen_core.text import is_blank, lone_surrogate
+from qwen_core.text import coalesced, is_blank, lone_surrogate
 
 from .conversations import (
     MAX_CONVERSATIONS,
@@ -40,6 +40,7 @@ class Limits:
     max_message_chars: int = 64_000
     max_messages: int = MAX_MESSAGES
     max_conversations: int = MAX_CONVERSATIONS
+    updates_per_second: float = 25.0  # stream updates sent to a page (0: one per token)
 
 
 @dataclass
@@ -251,7 +252,7 @@ class ChatService:
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
         try:
-            for piece in stream:
+            for piece in coalesced(stream, self.limits.updates_per_second):
                 reply["content"] += piece
                 stats.tokens = stream.tokens_so_far
                 if stats.ttft_s is None:

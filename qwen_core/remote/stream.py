@@ -143,6 +143,21 @@ class RemoteReplyStream(Iterator[str]):
             self._finish("error")
             raise value
 
+    def ready_pieces(self) -> list[str]:
+        """The text already received, taken without waiting (see :func:`qwen_core.text.coalesced`)."""
+        out: list[str] = []
+        while not self._done:
+            try:
+                kind, value = self._chan.items.get_nowait()
+            except queue.Empty:
+                break
+            if kind != "text":
+                self._chan.items.put((kind, value))  # the end (or error) stays last, for __next__
+                break
+            out.append(value)
+        self._pieces.extend(out)
+        return out
+
     def _finish(self, reason: str) -> None:
         with self._finish_lock:
             if self._done:
