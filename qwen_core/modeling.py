@@ -291,60 +291,11 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
         **kwargs,
     ):
         """Qwen2's forward with Qwen-1's dynamic NTK and LogN attention in effect."""
-        if self._pin.active:
-            return self._pinned_forward(
-                input_ids,
-                attention_mask,
-                position_ids,
-                past_key_values,
-                inputs_embeds,
-                labels,
-                use_cache,
-                logits_to_keep,
-                **kwargs,
-            )
-        alphas = self._ntk_alphas(input_ids, inputs_embeds, attention_mask, past_key_values)
-        if position_ids is None:
+        if position_ids is None:  # generate always passes them (a data-dependent fallback)
             source = input_ids if input_ids is not None else inputs_embeds
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + source.shape[1], device=source.device)[None, :]
-        logn = self._logn(position_ids)
-        if logn is not None:
-            self._attach_logn_hooks()
-        token = _STATE.set(_ForwardState(alphas=alphas, logn=logn))
-        try:
-            return super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                labels=labels,
-                use_cache=use_cache,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
-        finally:
-            _STATE.reset(token)
-
-    def _pinned_forward(
-        self,
-        input_ids,
-        attention_mask,
-        position_ids,
-        past_key_values,
-        inputs_embeds,
-        labels,
-        use_cache,
-        logits_to_keep,
-        **kwargs,
-    ):
-        if position_ids is None:  # generate always passes them; a data-dependent fallback otherwise
-            source = input_ids if input_ids is not None else inputs_embeds
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(past, past + source.shape[1], device=source.device)[None, :]
-        self._pin.state = _ForwardState(alphas=(), logn=self._logn(position_ids))  # alpha: in pin.inv_freq
-        return super().forward(
+        call = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -355,6 +306,18 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if self._pin.active:  # one reply at a time, traced by torch.compile: no ContextVar
+            self._pin.state = _ForwardState(alphas=(), logn=self._logn(position_ids))  # alpha: in pin.inv_freq
+            return super().forward(**call)
+        alphas = self._ntk_alphas(input_ids, inputs_embeds, attention_mask, past_key_values)
+        logn = self._logn(position_ids)
+        if logn is not None:
+            self._attach_logn_hooks()
+        token = _STATE.set(_ForwardState(alphas=alphas, logn=logn))
+        try:
+            return super().forward(**call)
+        finally:
+            _STATE.reset(token)
 
 
 class _LognHook:

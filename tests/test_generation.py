@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -279,7 +280,7 @@ def test_paced_items_come_at_most_at_the_rate_asked_and_lose_nothing(engine):
     for item in coalesced(stream, max_per_second=4):
         stamps.append(time.monotonic())
         items.append(item)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert gaps and min(gaps) >= 0.249  # never two updates within 1/4 s
     assert len(items) < stream.result.completion_tokens  # so several tokens per update
     assert "".join(items) == stream.result.text == engine.stream_chat("Write a poem about the sea.", **kw).text()
