@@ -192,6 +192,7 @@ def test_engine_surface(remote, main, ckpt_dir):
     assert isinstance(remote, RemoteEngine) and remote.model is None
     info = remote.info
     assert info.precision == "remote" and info.device == main.url and info.context_length == 8192
+    assert info.decode == "remote (the servers decode)"
     assert remote.defaults.top_p == 0.8 and remote.defaults.repetition_penalty == 1.1  # generation_config.json
     assert remote.settings(temperature=0.5).temperature == 0.5
     status = remote.endpoint_status()[0]

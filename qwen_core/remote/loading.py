@@ -114,6 +114,7 @@ def load_remote_engine(
         context_length=context,
         seq_length=int(config.get("seq_length") or DEFAULT_CONTEXT),
         load_seconds=time.perf_counter() - started,
+        decode="remote (the servers decode)",
     )
     report(1.0, "Ready")
     return engine
