@@ -43,8 +43,12 @@ class AppConfig:
     rate_limit: int = 0  # requests per minute per user; 0 = off
     max_body_bytes: int = 2_000_000
     cors_origins: tuple[str, ...] = ()
+    login_attempts: int = 10  # failed sign-ins per user and per address in --login-window, then 429
+    login_window: float = 60.0
+    hash_concurrency: int = 1  # password hashes (scrypt) computed at once, in worker threads
     log_content: bool = False
     auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    admins: tuple[str, ...] = ()  # --auth logins that may change what all users share
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     backend: str = "local"  # or "openai": front end to OpenAI-compatible engines (vLLM, SGLang, ...)
     endpoints: tuple[str, ...] = ()
@@ -55,6 +59,7 @@ class AppConfig:
     hang_exit: float = 120.0  # exit when no Python code ran for this long (0: off); see server/watchdog.py
     compile: bool = False  # one reply at a time through a static KV cache + torch.compile
     compile_backend: str = "inductor"
+    prefix_cache_mb: float | None = None  # K/V reused across chat turns; None: the device's default, 0: off
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -75,6 +80,12 @@ class AppConfig:
             raise ValueError("--rate-limit must be between 0 and 1,000,000 per minute")
         if not 1024 <= self.max_body_bytes <= 1_000_000_000:
             raise ValueError("--max-body-bytes must be between 1 KB and 1 GB")
+        if not 1 <= self.login_attempts <= 10_000:
+            raise ValueError("--login-attempts must be between 1 and 10,000")
+        if not 1 <= self.login_window <= 86400:
+            raise ValueError("--login-window must be between 1 second and a day")
+        if not 1 <= self.hash_concurrency <= 64:
+            raise ValueError("--hash-concurrency must be between 1 and 64")
         if self.backend not in ("local", "openai"):
             raise ValueError("--backend must be local or openai")
         if self.backend == "openai" and (not self.endpoints or not self.tokenizer_dir):
@@ -87,6 +98,13 @@ class AppConfig:
             raise ValueError("--session-ttl must be between 10 seconds and 7 days")
         if self.hang_exit != 0 and not 10 <= self.hang_exit <= 86400:
             raise ValueError("--hang-exit must be 0 (off) or between 10 and 86400 seconds")
+        if self.admins and not self.auth:
+            raise ValueError("--admins needs --auth: admins are logins (without logins nobody can change shared state)")
+        unknown = sorted(set(self.admins) - {user for user, _ in self.auth})
+        if unknown:
+            raise ValueError(f"--admins names {', '.join(unknown)}: not --auth users; list --auth logins only")
+        if self.prefix_cache_mb is not None and not 0 <= self.prefix_cache_mb <= 1_048_576:
+            raise ValueError("--prefix-cache-mb must be between 0 (off) and 1048576 (1 TB)")
         if self.compile and self.backend != "local":
             raise ValueError("--compile applies to the local model only (the --endpoint servers compile their own)")
         if self.compile and self.concurrency != 1:
@@ -160,10 +178,28 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
     )
     ap.add_argument("--auth", default=_env("AUTH"), help="user:password[,…] or @file; protects UI and API")
     ap.add_argument("--api-key", default=_env("API_KEY", ""), help="comma-separated keys accepted by /v1 (Bearer)")
+    ap.add_argument(
+        "--admins",
+        default=_env("ADMINS", ""),
+        help="comma-separated --auth logins that may switch the model and edit the shared persona library",
+    )
     ap.add_argument("--max-queue", type=int, default=int(_env("MAX_QUEUE", "32")), help="replies waiting before 429")
     ap.add_argument("--rate-limit", type=int, default=int(_env("RATE_LIMIT", "0")), help="requests/minute/user, 0=off")
     ap.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", "2000000")))
     ap.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""), help="comma-separated; closed by default")
+    ap.add_argument(
+        "--login-attempts",
+        type=int,
+        default=int(_env("LOGIN_ATTEMPTS", "10")),
+        help="failed sign-ins allowed per user and per client address within --login-window; then 429",
+    )
+    ap.add_argument("--login-window", type=float, default=float(_env("LOGIN_WINDOW", "60")), help="seconds")
+    ap.add_argument(
+        "--hash-concurrency",
+        type=int,
+        default=int(_env("HASH_CONCURRENCY", "1")),
+        help="password hashes computed at once (each ~0.1 s of one core, off the event loop)",
+    )
     ap.add_argument("--log-content", action="store_true", default=_truthy(_env("LOG_CONTENT", "0")))
     ap.add_argument("--backend", default=_env("BACKEND", "local"), choices=("local", "openai"))
     ap.add_argument("--endpoint", action="append", default=None, help="OpenAI-compatible base URL (repeatable)")
@@ -182,6 +218,13 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         default=float(_env("HANG_EXIT", "120")),
         help="exit with every thread's traceback if the process stalls this many seconds, for a supervisor "
         "to restart it (0: off)",
+    )
+    ap.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=float(_env("PREFIX_CACHE_MB")) if _env("PREFIX_CACHE_MB") else None,
+        help="MB for K/V reused across chat turns (default: 4096 on CPU, at most 1/4 of the free RAM; "
+        "20%% of the free GPU memory; 0: off)",
     )
     a = ap.parse_args(argv)
     if a.concurrency is None:
@@ -207,8 +250,12 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         rate_limit=a.rate_limit,
         max_body_bytes=a.max_body_bytes,
         cors_origins=tuple(o.strip() for o in a.cors_origins.split(",") if o.strip()),
+        login_attempts=a.login_attempts,
+        login_window=a.login_window,
+        hash_concurrency=a.hash_concurrency,
         log_content=a.log_content,
         auth=_parse_auth(a.auth),
+        admins=tuple(u.strip() for u in a.admins.split(",") if u.strip()),
         api_keys=tuple(k.strip() for k in a.api_key.split(",") if k.strip()),
         backend=a.backend,
         endpoints=tuple(endpoints),
@@ -219,6 +266,7 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         hang_exit=a.hang_exit,
         compile=a.compile,
         compile_backend=a.compile_backend,
+        prefix_cache_mb=a.prefix_cache_mb,
     )
 
 
@@ -243,6 +291,7 @@ def build(config: AppConfig):
     from server.auth import Auth
     from server.http import create_app
     from ui import UIConfig, build_app
+    from ui.owner import Access
     from ui.service import Limits
 
     if config.backend == "openai":
@@ -261,7 +310,9 @@ def build(config: AppConfig):
         others = [ModelSpec(m, "auto", config.device, config.source) for m in config.models]
         # Every reply granted a slot (--concurrency) is decoded in the one shared batch.
         compiled = CompileSettings(backend=config.compile_backend) if config.compile else False
-        loader = functools.partial(load_engine, max_batch=config.concurrency, compile=compiled)
+        loader = functools.partial(
+            load_engine, max_batch=config.concurrency, compile=compiled, prefix_cache_mb=config.prefix_cache_mb
+        )
         manager = ModelManager(loader, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
 
     def progress(fraction: float, message: str) -> None:
@@ -275,9 +326,17 @@ def build(config: AppConfig):
         concurrency=config.concurrency,
         limits=Limits(max_message_chars=config.max_message_chars, updates_per_second=config.updates_per_second),
         closed_session_ttl=config.session_ttl,
+        access=Access(bool(config.auth), bool(config.api_keys), frozenset(config.admins)),
+        log_content=config.log_content,
     )
     demo, launch_kwargs = build_app(manager, ui_config, scheduler)
-    auth = Auth.from_pairs(config.auth, config.api_keys)
+    auth = Auth.from_pairs(
+        config.auth,
+        config.api_keys,
+        hash_concurrency=config.hash_concurrency,
+        attempts=config.login_attempts,
+        window_s=config.login_window,
+    )
     return create_app(
         manager,
         scheduler,

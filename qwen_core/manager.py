@@ -85,7 +85,10 @@ class ModelManager:
             self._switch_lock.release()
 
     def status(self) -> dict:
-        """Loaded variant, precision, device map and memory, for the model panel and health checks."""
+        """Loaded variant, precision, device map and memory, for the model panel and health checks.
+
+        Served by the open ``/readyz``: the model's id only, never its folder or any other path.
+        """
         engine = self.engine
         if engine is None:
             return {"loaded": False, "model": self.current.name if self.current else None}
@@ -93,7 +96,6 @@ class ModelManager:
         return {
             "loaded": True,
             "model": self.current.name if self.current else info.model_id,
-            "path": info.path,
             "precision": info.precision,
             "dtype": info.dtype,
             "device": info.device,

@@ -1,47 +1,35 @@
-"""One ASGI app: the Gradio UI at ``/``, the OpenAI API at ``/v1``, health at ``/healthz``, ``/readyz``."""
+"""One ASGI app: the Gradio UI at ``/``, the OpenAI API at ``/v1``, health at ``/healthz``, ``/readyz``.
+
+Every route sits behind one middleware stack (:mod:`server.middleware`: access log, CORS, body
+size, auth) and one rule for who the caller is (:mod:`server.identity`); Gradio's events may
+name only files their caller uploaded (:mod:`server.files`).
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
+import secrets
 
-import anyio
 import gradio as gr
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from gradio.route_utils import CustomCORSMiddleware
 from starlette.routing import Mount
 
 from .auth import Auth
-from .openai_api import openai_router
-
-log = logging.getLogger("qwen_chat.http")
-OPEN_PATHS = ("/healthz", "/readyz")
-# What the login page itself needs before anyone has logged in: the page shell, its static
-# assets, and the login/logout form targets. Everything else (every other Gradio route, the
-# uploads, the /v1 API and the API schema) needs a login cookie or API credentials when
-# logins are configured: Gradio leaves some of its routes open (/gradio_api/cancel,
-# /gradio_api/heartbeat/…, /gradio_api/stream/…, …), so the check is made here, for all.
-LOGIN_PAGE_PATHS = frozenset(
-    {
-        "/",
-        "/login",
-        "/login/",
-        "/logout",
-        "/favicon.ico",
-        "/theme.css",
-        "/gradio_api/theme.css",
-        "/manifest.json",
-        "/robots.txt",
-    }
+from .files import UploadRecorder, UploadRegistry, confine_event_files
+from .identity import caller_of, client_address
+from .middleware import (  # noqa: F401 - re-exported: tests and docs read the open paths here
+    LOGIN_PAGE_PATHS,
+    LOGIN_PAGE_PREFIXES,
+    OPEN_PATHS,
+    AccessLog,
+    BodyLimit,
+    Cors,
+    EdgeAuth,
+    is_open_path,
 )
-LOGIN_PAGE_PREFIXES = ("/assets/", "/static/", "/svelte/")
-
-
-def is_open_path(path: str) -> bool:
-    """Whether ``path`` is served without credentials when logins are on (health and the login page)."""
-    return path in OPEN_PATHS or path in LOGIN_PAGE_PATHS or path.startswith(LOGIN_PAGE_PREFIXES)
+from .openai_api import openai_router
 
 
 def _gradio_app(app: FastAPI):
@@ -49,13 +37,64 @@ def _gradio_app(app: FastAPI):
     return next(r.app for r in app.routes if isinstance(r, Mount) and hasattr(r.app, "tokens"))
 
 
-def gradio_user(gradio_app, request: Request) -> str | None:
-    """The user logged in through Gradio's login form, from its session cookie (as Gradio reads it)."""
-    cookie_id = gradio_app.cookie_id
-    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
-        f"access-token-unsecure-{cookie_id}"
-    )
-    return gradio_app.tokens.get(token) if token else None
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without the ``input`` it would copy from the request body (no echo)."""
+    errors = [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _add_login(app: FastAPI, auth: Auth, gradio) -> None:
+    """Gradio's login form target, answered here: throttled, off the event loop, and in
+    ``--api-key``-alone mode logging in as the key's id (see :mod:`server.identity`)."""
+
+    async def login(request: Request):
+        form = await request.form()
+        username, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
+        owner, verdict = await auth.login_form(username, password, client_address(request.scope))
+        if verdict.throttled:
+            return JSONResponse(
+                {"detail": f"Too many failed sign-ins: try again in {verdict.retry_after} s."},
+                status_code=429,
+                headers={"Retry-After": str(verdict.retry_after)},
+            )
+        if owner is None:
+            return JSONResponse({"detail": "Incorrect credentials."}, status_code=400)
+        token = secrets.token_urlsafe(16)
+        gradio().tokens[token] = owner
+        cookie = f"access-token-{gradio().cookie_id}"
+        response = JSONResponse({"success": True})
+        # The same two cookies Gradio's own login sets, which its frontend and routes read.
+        response.set_cookie(key=cookie, value=token, httponly=True, samesite="none", secure=True)
+        response.set_cookie(key=f"access-token-unsecure-{gradio().cookie_id}", value=token, httponly=True)
+        return response
+
+    for path in ("/login", "/login/"):
+        app.add_api_route(path, login, methods=["POST"], include_in_schema=False)
+
+
+async def _never(username: str, password: str) -> bool:
+    """Gradio's own login check: never reached (``/login`` is served by :func:`_add_login`)."""
+    return False
+
+
+def _use_our_identity(gradio_app) -> None:
+    """Make Gradio's ``get_current_user`` (behind ``gr.Request.username``, the page config and its
+    login checks) answer with the caller the middleware resolved."""
+
+    def endpoints(routes):
+        for route in routes:
+            route = getattr(route, "original_route", route)
+            if hasattr(route, "effective_candidates"):  # FastAPI's included routers
+                yield from endpoints(route.effective_candidates())
+            elif hasattr(route, "endpoint"):
+                yield route.endpoint
+
+    get_current_user = next(e for e in endpoints(gradio_app.routes) if e.__name__ == "get_current_user")
+
+    async def current_user(request: Request) -> str | None:
+        return caller_of(request).id
+
+    gradio_app.dependency_overrides[get_current_user] = current_user
 
 
 def create_app(
@@ -71,55 +110,10 @@ def create_app(
     """Compose the app. CORS is closed unless origins are given; logs never hold message text unless asked."""
     auth = auth or Auth()
     app = FastAPI(title="Qwen Chat", docs_url=None, redoc_url=None)
-    if cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
-        )
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        rid = uuid.uuid4().hex[:12]
-        path = request.scope["path"]  # what the router matches
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body_bytes:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": f"Request larger than {max_body_bytes:,} bytes.",
-                        "type": "invalid_request_error",
-                    }
-                },
-                status_code=413,
-            )
-        api = path.startswith("/v1") or path == "/openapi.json"
-        if auth.enabled and api and auth.api_caller(request) is None:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "Missing or invalid credentials: send 'Authorization: Bearer <API key>' or Basic auth.",
-                        "type": "authentication_error",
-                    }
-                },
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="qwen-chat"'},
-            )
-        if auth.users and not api and not is_open_path(path) and gradio_user(app.state.gradio_app, request) is None:
-            return JSONResponse({"detail": {"error": "Not authenticated", "auth_message": None}}, status_code=401)
-        response = await call_next(request)
-        # Structured access log: no message text, no credentials.
-        log.info(
-            "rid=%s method=%s path=%s status=%d ms=%d",
-            rid,
-            request.method,
-            path,
-            response.status_code,
-            round((time.perf_counter() - started) * 1000),
-        )
-        return response
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def user_of(request: Request) -> str:
-        return auth.api_caller(request) or (request.client.host if request.client else "anonymous")
+        return caller_of(request).rate_key
 
     app.include_router(openai_router(manager, scheduler, user_of, max_body_bytes))
 
@@ -130,7 +124,7 @@ def create_app(
 
     @app.get("/readyz")
     def readyz():
-        """Readiness: a model is loaded, with what and where."""
+        """Readiness: a model is loaded, which one (its id, no paths), and the load on it."""
         status = manager.status()
         status["scheduler"] = scheduler.stats()
         batcher = getattr(manager.engine, "batcher", None)
@@ -138,20 +132,25 @@ def create_app(
             status["batch"] = batcher.stats()
         return JSONResponse(status, status_code=200 if status.get("loaded") else 503)
 
-    async def login(username: str, password: str) -> bool:
-        # Gradio calls a sync auth function on its event loop: every login's scrypt (deliberately
-        # ~0.1 s of CPU) would freeze all streams and requests; a burst of logins timed out the
-        # logins themselves (bench/soak.py, 16 at once). Awaited, it runs in a worker thread.
-        return await anyio.to_thread.run_sync(auth.login, username, password)
+    if auth.enabled:  # registered before the mount, so this /login answers, not Gradio's
+        _add_login(app, auth, lambda: app.state.gradio_app)
 
-    gr.mount_gradio_app(
-        app,
-        demo,
-        path="",
-        auth=login if auth.users else None,
-        show_error=True,
-        **launch_kwargs,
-    )
-    app.state.gradio_app = _gradio_app(app)
+    uploads = UploadRegistry()
+    confine_event_files(demo, uploads)
+    gr.mount_gradio_app(app, demo, path="", auth=_never if auth.enabled else None, show_error=True, **launch_kwargs)
+    gradio_app = app.state.gradio_app = _gradio_app(app)
+    # CORS is ours alone (server.middleware.Cors strips whatever an inner app sets, too).
+    gradio_app.user_middleware = [m for m in gradio_app.user_middleware if m.cls is not CustomCORSMiddleware]
+    gradio_app.add_exception_handler(RequestValidationError, validation_error)
+    _use_our_identity(gradio_app)
+
+    # add_middleware puts each new one outside the previous: this reads innermost first.
+    app.add_middleware(UploadRecorder, registry=uploads)
+    app.add_middleware(EdgeAuth, auth=auth, gradio_app=lambda: gradio_app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Cors, origins=tuple(cors_origins))
+    app.add_middleware(AccessLog)
+    app.state.auth = auth
+    app.state.uploads = uploads
     app.state.log_content = log_content
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -108,7 +109,7 @@ def test_every_route_refuses_a_caller_without_credentials(served):
     assert let_in == [], f"routes that answered a caller without credentials: {let_in}"
     # What stays open is only health and the login page (its shell, assets and form targets).
     assert {p for _, p, _ in opened} <= {
-        "/healthz", "/readyz", "/", "/login", "/login/", "/logout", "/favicon.ico", "/theme.css",
+        "/healthz", "/readyz", "/health", "/", "/login", "/login/", "/logout", "/favicon.ico", "/theme.css",
         "/gradio_api/theme.css", "/manifest.json", "/robots.txt", "/assets/{path:path}",
         "/static/{path:path}", "/svelte/{path:path}",
     }  # fmt: skip
@@ -140,6 +141,39 @@ def test_api_and_its_schema_need_credentials(served):
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         r = c.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def _basic(user: str, password: str) -> dict:
+    return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_unknown_and_known_users_cost_one_password_hash_each(served):
+    """No user-name enumeration by timing: a wrong password for an unknown user is checked
+    against a dummy hash, the same work as for a real user (login form and Basic auth alike);
+    a correct password is then remembered briefly and not hashed again."""
+    verifier = served.asgi.state.auth.verifier
+    with httpx.Client(base_url=served.url, timeout=60) as c:
+        for user in (USER, "nobody-by-this-name"):
+            before = verifier.hashes
+            assert c.post("/login", data={"username": user, "password": "wrong-1"}).status_code == 400
+            assert verifier.hashes == before + 1
+            before = verifier.hashes
+            assert c.get("/v1/models", headers=_basic(user, "wrong-2")).status_code == 401
+            assert verifier.hashes == before + 1
+        assert c.get("/v1/models", headers=_basic(USER, PASSWORD)).status_code == 200
+        before = verifier.hashes
+        assert c.get("/v1/models", headers=_basic(USER, PASSWORD)).status_code == 200
+        assert verifier.hashes == before  # cached: no second scrypt
+
+
+def test_who_gradio_sees_as_the_caller(served, logged_in):
+    """``request.username`` in Gradio handlers (the page config's ``username``, from the same
+    dependency): the login, or the key's id for a Bearer caller, or the Basic user."""
+    key_id = "key:" + hashlib.sha256(KEY.encode()).hexdigest()[:12]
+    assert logged_in.get("/config").json()["username"] == USER
+    with httpx.Client(base_url=served.url, timeout=60) as c:
+        assert c.get("/config", headers={"authorization": f"Bearer {KEY}"}).json()["username"] == key_id
+        assert c.get("/config", headers=_basic(USER, PASSWORD)).json()["username"] == USER
 
 
 def test_gradio_client_needs_the_login(served):
@@ -184,16 +218,47 @@ def test_uploaded_files_stay_in_the_upload_folder(served, logged_in, name):
     ):
         assert not outside.exists()
 
-    # The persona import reads that upload; what it writes stays in DATA/personas.
-    from ui.handlers import Handlers
-
-    handlers = Handlers(served.asgi.state.gradio_app.get_blocks().service)
+    # The persona import reads that upload (through the page's own event); what it writes stays
+    # in DATA/personas.
     data_dir = Path(served.config.data_dir).resolve()
     before = set(data_dir.rglob("*"))
-    handlers.import_personas(str(stored))
+    text, final = run_event(
+        logged_in, "import_personas", lambda kind: stored_file(str(stored)) if kind == "uploadbutton" else None
+    )
+    assert final is not None and final["success"], text[-500:]
     written = [p.resolve() for p in set(data_dir.rglob("*")) - before if p.is_file()]
-    assert len(written) == 1 and written[0].parent == data_dir / "personas"
+    assert len(written) >= 1 and all(data_dir / "personas" in p.parents for p in written), written
     assert not (data_dir.parent / "escaped.json").exists()
+
+
+def stored_file(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": Path(path).name}
+
+
+def run_event(client: httpx.Client, api_name: str, value_for, timeout: float = 60):
+    """One event of the page, as the browser sends it (queue/join + the SSE stream), after the
+    page's ``load`` (whose store the other inputs of kind browserstate get)."""
+    import uuid
+
+    config = client.get("/config").json()
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+
+    def send(name, make):
+        dep = next(d for d in config["dependencies"] if d.get("api_name") == name)
+        session = uuid.uuid4().hex[:12]
+        body = {"data": [make(kinds[i]) for i in dep["inputs"]], "fn_index": dep["id"], "session_hash": session}
+        assert client.post("/gradio_api/queue/join", json=body).status_code == 200
+        lines = []
+        with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}, timeout=timeout) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                    return "\n".join(lines), json.loads(line[5:])
+        return "\n".join(lines), None
+
+    _, loaded = send("load", lambda kind: None)
+    store = loaded["output"]["data"][0]
+    return send(api_name, lambda kind: store if kind == "browserstate" else value_for(kind))
 
 
 @pytest.mark.parametrize(

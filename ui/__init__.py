@@ -11,7 +11,8 @@ from .api import make_chat_endpoint
 from .conversations import MAX_IMPORT_BYTES
 from .handlers import Handlers
 from .layout import CSS, build_page, i18n
-from .personas import PersonaStore
+from .owner import Access
+from .personas import PersonaLibraries
 from .service import ChatService, Limits
 from .sessions import SessionSweeper
 from .storage import stable_secret
@@ -31,20 +32,28 @@ class UIConfig:
     limits: Limits = field(default_factory=Limits)
     closed_session_ttl: float = 600.0  # seconds a closed page's Gradio session is kept
     title: str = "Qwen Chat"
+    access: Access = field(default_factory=Access)  # --auth / --api-key / --admins (see ui.owner)
+    log_content: bool = False  # --log-content: message text in the log (off by default)
 
 
 def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dict]:
     """Build the Blocks app; returns it and the kwargs ``launch()`` / ``mount_gradio_app()`` need."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    personas = PersonaStore(ASSETS / "personas", config.data_dir / "personas")
-    service = ChatService(manager, personas, config.limits, scheduler)
+    libraries = PersonaLibraries(ASSETS / "personas", config.data_dir / "personas")
+    libraries.migrate()  # the old single library (DATA/personas/*.json) becomes the shared one
+    # The service's own view is read-only (built-ins + shared): handlers pass each caller's view.
+    service = ChatService(manager, libraries.view(None), config.limits, scheduler)
+    service.libraries = libraries
     users = UserStore(config.data_dir / "users") if config.server_history else None
     context = manager.engine.info.context_length if manager.engine else 8192
-    page = build_page(stable_secret(config.data_dir), context, config.title)
-    handlers = Handlers(service, users, SessionSweeper(page.demo, config.closed_session_ttl))
+    names = tuple(spec.name for spec in manager.specs)
+    page = build_page(stable_secret(config.data_dir), context, config.title, names)
+    sweeper = SessionSweeper(page.demo, config.closed_session_ttl)
+    handlers = Handlers(service, users, sweeper, libraries, config.access, config.log_content)
     with page.demo:
         wire(page, handlers)
-        gr.api(make_chat_endpoint(service), api_name="chat", concurrency_id="generate")
+        endpoint = make_chat_endpoint(service, config.access, config.log_content)
+        gr.api(endpoint, api_name="chat", concurrency_id="generate")
     # Gradio's own queue only needs to pass requests on; the scheduler decides who runs.
     page.demo.queue(default_concurrency_limit=max(8, 2 * config.concurrency), max_size=max(64, 16 * config.concurrency))
     page.demo.service = service  # for tests and the HTTP API

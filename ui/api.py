@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -10,16 +12,23 @@ import gradio as gr
 from qwen_core.errors import QwenCoreError
 from qwen_core.prompt import DEFAULT_SYSTEM
 from qwen_core.scheduler import Busy
+from qwen_core.settings import GenerationSettings
 from qwen_core.text import check_text, coalesced, is_blank
 
 from .conversations import MAX_MESSAGES
+from .owner import Access, owner_of
 from .service import ChatService
 
 NUMBER_SETTINGS = ("temperature", "top_p", "repetition_penalty")
+# What ``settings`` may hold: the engine's sampling settings, nothing else (a key such as
+# "cancel" would otherwise reach the engine call and fail with an internal error).
+KNOWN_SETTINGS = tuple(f.name for f in dataclasses.fields(GenerationSettings))
+log = logging.getLogger("qwen_chat.ui.api")
 
 
-def make_chat_endpoint(service: ChatService):
+def make_chat_endpoint(service: ChatService, access: Access | None = None, log_content: bool = False):
     """``chat(message, history, system, settings)`` yielding the reply text as it grows."""
+    access = access or Access()
 
     def chat(
         message: str,
@@ -42,13 +51,17 @@ def make_chat_endpoint(service: ChatService):
             engine = service.manager.engine
             if engine is None:
                 raise ValueError("the model is being switched; retry in a moment")
-        except (ValueError, QwenCoreError) as exc:
+        except (ValueError, TypeError, QwenCoreError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         # Like the UI and /v1, a reply waits for one of the scheduler's slots (fair turns, the
         # queue bound, 429-style refusal), and gives it back however it ends: finished, failed,
         # or closed because the caller went away.
         session_hash = getattr(request, "session_hash", None)
-        caller = getattr(request, "username", None) or session_hash or "gradio-api"
+        # Rate limits and fair turns count per login (or API key), else per client address:
+        # never per session, which a client renews for free with every new Client().
+        caller = owner_of(request, access).rate_key
+        if log_content:
+            log.info("gradio /chat message caller=%s text=%r", caller, message)
         cancel = threading.Event()
         # Cancelled too when the caller's session ends (Gradio's heartbeat closes: the unload event).
         session = service.session(session_hash) if session_hash else None
@@ -66,7 +79,7 @@ def make_chat_endpoint(service: ChatService):
         try:
             try:
                 stream = engine.stream_chat(message, pairs, system, cancel=cancel, **gen)
-            except (ValueError, QwenCoreError) as exc:
+            except (ValueError, TypeError, QwenCoreError) as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             try:
                 for piece in coalesced(stream, service.limits.updates_per_second):
@@ -101,6 +114,12 @@ def _checked(service: ChatService, message, history, system, settings) -> tuple[
     if settings is not None and not isinstance(settings, dict):
         raise ValueError('settings must be an object, e.g. {"temperature": 0.7, "max_new_tokens": 256}')
     gen = dict(settings or {})
+    unknown = sorted(str(k) for k in gen if k not in KNOWN_SETTINGS)
+    if unknown:
+        raise ValueError(
+            f"unknown generation setting(s): {', '.join(k[:40] for k in unknown[:5])}; "
+            f"known settings: {', '.join(KNOWN_SETTINGS)}"
+        )
     for key in NUMBER_SETTINGS:
         value = gen.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):

@@ -3,7 +3,13 @@
 A conversation is a JSON-able dict::
 
     {"id", "title", "created", "updated", "persona_id",
-     "messages": [{"role": "user"|"assistant"|"event", "content": str, ...}]}
+     "messages": [{"id", "role": "user"|"assistant"|"event", "content": str, ...}],
+     "deleted": [message id, ...]}
+
+Every message has an id (new ones a random one; messages of older stores get one derived
+from where they are, so two copies of an old store agree): with ``--server-history`` two
+tabs of one user are merged message by message (see :mod:`ui.merge`), and ``deleted``
+keeps the ids of removed messages so a merge does not bring them back.
 
 ``event`` messages (a persona switch) are shown in the transcript but never sent to
 the model. Rendering (Markdown, LaTeX) happens in the Chatbot only; the text kept
@@ -12,15 +18,19 @@ here and sent to the model is exactly what the user typed or the model said.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
 
 from qwen_core.text import lone_surrogate
 
+from .render import safe_markdown
+
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 MAX_MESSAGES = 10_000
 MAX_CONVERSATIONS = 500
+MAX_TOMBSTONES = 2000  # deleted message ids kept per conversation (oldest forgotten first)
 
 
 class ConversationError(ValueError):
@@ -38,6 +48,32 @@ def new_conversation(persona_id: str, title: str = "New chat") -> dict:
         "persona_id": persona_id,
         "messages": [],
     }
+
+
+def message_id() -> str:
+    """A fresh message id."""
+    return uuid.uuid4().hex[:12]
+
+
+def message(role: str, content: str, **extra) -> dict:
+    """A new message with its id."""
+    return {"id": message_id(), "role": role, "content": content, **extra}
+
+
+def ensure_ids(conv: dict) -> dict:
+    """Give messages of an older store an id (derived, so every copy of that store gets the same ones)."""
+    for i, msg in enumerate(conv.get("messages") or []):
+        if isinstance(msg, dict) and not isinstance(msg.get("id"), str):
+            seed = f"{conv.get('id')}|{i}|{msg.get('role')}|{msg.get('content')}"
+            msg["id"] = "m" + hashlib.sha256(seed.encode("utf-8", "replace")).hexdigest()[:11]
+    return conv
+
+
+def forget(conv: dict, removed: list[dict]) -> None:
+    """Record removed messages' ids so a merge with another tab's copy does not bring them back."""
+    ids = [m["id"] for m in removed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    if ids:
+        conv["deleted"] = (list(conv.get("deleted") or []) + ids)[-MAX_TOMBSTONES:]
 
 
 def title_from(text: str) -> str:
@@ -74,13 +110,17 @@ def turn_spans(messages: list[dict]) -> list[list[int]]:
 
 
 def to_chatbot(messages: list[dict]) -> list[dict]:
-    """Gradio Chatbot (messages format) value, one item per message; persona events as notes."""
+    """Gradio Chatbot (messages format) value, one item per message; persona events as notes.
+
+    The text is vetted for rendering (:func:`ui.render.safe_markdown`); the messages keep theirs.
+    """
     out = []
     for msg in messages:
         if msg["role"] == "event":
-            out.append({"role": "assistant", "content": "", "metadata": {"title": "🎭 " + msg["content"]}})
+            title = "🎭 " + safe_markdown(msg["content"])
+            out.append({"role": "assistant", "content": "", "metadata": {"title": title}})
         else:
-            out.append({"role": msg["role"], "content": msg["content"]})
+            out.append({"role": msg["role"], "content": safe_markdown(msg["content"])})
     return out
 
 
@@ -134,7 +174,7 @@ def parse_import(text: str, source: str = "import") -> dict:
         if lone_surrogate(msg["content"]) is not None:
             raise ConversationError(f"{source}: messages[{i}].content holds an unpaired surrogate (not valid text)")
         role = "event" if msg["role"] == "system" else msg["role"]
-        messages.append({"role": role, "content": msg["content"]})
+        messages.append(message(role, msg["content"]))
     persona_id = data.get("persona_id")
     ok_id = isinstance(persona_id, str) and 0 < len(persona_id) <= 100 and lone_surrogate(persona_id) is None
     conv = new_conversation(persona_id if ok_id else "default-assistant")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import logging
+import shutil
 import tempfile
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -15,14 +16,17 @@ import gradio as gr
 from qwen_core.errors import QwenCoreError
 
 from .conversations import ConversationError, export_json, parse_import, to_chatbot, to_markdown
-from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, parse_persona
+from .owner import Access, Owner, owner_of
+from .persona_handlers import PersonaHandlers
+from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
 from .service import ChatInputError, ChatService
 from .sessions import SessionSweeper
+from .settings_form import SETTING_ORDER, settings_dict
 from .storage import safe_name
 from .user_store import UserStore
 
-SETTING_ORDER = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed", "max_window_size")
 USER_ERRORS = (ChatInputError, QwenCoreError, PersonaError, ConversationError, ValueError)
+log = logging.getLogger("qwen_chat.ui")
 
 
 def parse_examples(text: str | None) -> list[tuple[str, str]]:
@@ -37,33 +41,40 @@ def parse_examples(text: str | None) -> list[tuple[str, str]]:
     return [(p[0], p[1]) for p in pairs if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)]
 
 
-def settings_dict(values) -> dict:
-    """Slider values → engine settings (temperature 0 = greedy, seed -1 = random)."""
-    s = dict(zip(SETTING_ORDER, values, strict=True))
-    temperature = float(s["temperature"])
-    seed = None if s["seed"] is None or int(s["seed"]) < 0 else int(s["seed"])
-    return {
-        "do_sample": temperature > 0,
-        "temperature": temperature,
-        "top_p": float(s["top_p"]),
-        "top_k": int(s["top_k"]),
-        "repetition_penalty": float(s["repetition_penalty"]),
-        "max_new_tokens": int(s["max_new_tokens"]),
-        "seed": seed,
-        "max_window_size": int(s["max_window_size"]),
-    }
-
-
-class Handlers:
+class Handlers(PersonaHandlers):
     """Handlers bound to one service; every method is a plain function of component values."""
 
     def __init__(
-        self, service: ChatService, user_store: UserStore | None = None, sessions: SessionSweeper | None = None
+        self,
+        service: ChatService,
+        user_store: UserStore | None = None,
+        sessions: SessionSweeper | None = None,
+        libraries: PersonaLibraries | None = None,
+        access: Access | None = None,
+        log_content: bool = False,
     ):
         self.service = service
         self.user_store = user_store
         self.sessions = sessions
+        self.libraries = libraries or getattr(service, "libraries", None)
+        self.access = access or Access()
+        self.log_content = log_content  # --log-content: message text in the log at INFO (off by default)
         self._tmp = Path(tempfile.mkdtemp(prefix="qwen-chat-exports-"))
+
+    # --- who is asking ---------------------------------------------------------
+    def owner(self, request: gr.Request | None, store: dict | None = None) -> Owner:
+        """The caller (see :func:`ui.owner.owner_of`, the one place that decides it)."""
+        return owner_of(request, self.access, store)
+
+    def personas(self, request: gr.Request | None, store: dict | None = None) -> PersonaStore:
+        """The persona libraries this caller sees and may change."""
+        if self.libraries is None:
+            return self.service.personas
+        return self.libraries.view(self.owner(request, store))
+
+    def _require_admin(self, request: gr.Request | None) -> None:
+        if not self.owner(request).is_admin:
+            raise gr.Error(self.access.admin_rule(), duration=10)
 
     # --- helpers -----------------------------------------------------------
     def _view(self, store: dict) -> tuple:
@@ -78,13 +89,18 @@ class Handlers:
 
     def default_settings(self) -> list:
         """The loaded checkpoint's generation defaults as slider values."""
-        d = self.service.manager.engine.defaults
+        engine = self.service.manager.engine
+        if engine is None:  # a model switch is under way: keep what the page shows
+            return [gr.skip()] * len(SETTING_ORDER)
+        d = engine.defaults
         temperature = 0.0 if not d.do_sample else d.temperature
         return [temperature, d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens, -1, d.max_window_size]
 
     def persona_settings(self, persona: Persona | None) -> list:
         """Model defaults with the persona's suggested settings on top."""
         values = dict(zip(SETTING_ORDER, self.default_settings(), strict=True))
+        if self.service.manager.engine is None:
+            return list(values.values())
         if persona:
             values.update({k: v for k, v in persona.settings.items() if k in values})
         return [values[k] for k in SETTING_ORDER]
@@ -103,22 +119,28 @@ class Handlers:
             persona.system_in_first_turn,
         ]
 
-    def persona_choices(self, selected: str | None):
-        """Persona dropdown, built-ins marked."""
-        personas = self.service.personas.all()
-        choices = [(f"{p.avatar} {p.name}" + ("" if p.builtin else " ✎"), p.id) for p in personas]
+    @staticmethod
+    def persona_choices(selected: str | None, personas: PersonaStore):
+        """Persona dropdown: yours marked ✎, the shared library's 👥, built-ins plain."""
+        choices = [
+            (f"{p.avatar} {p.name}" + ("" if p.builtin else " 👥" if p.shared else " ✎"), p.id) for p in personas.all()
+        ]
         return gr.update(choices=choices, value=selected)
 
-    def persona_errors(self) -> str:
-        """Persona files that could not be read, for the persona panel."""
-        errors = self.service.personas.errors
-        return "\n".join(f"⚠️ `{html.escape(e)}`" for e in errors)
+    @staticmethod
+    def persona_errors(personas: PersonaStore) -> str:
+        """Persona files that could not be read, for the persona panel (file names, never server paths)."""
+        personas.all()
+        return "\n".join(f"⚠️ `{html.escape(e)}`" for e in personas.errors)
+
+    def _session_folder(self, request: gr.Request | None) -> Path:
+        session = getattr(request, "session_hash", None)
+        return self._tmp / (hashlib.sha256(session.encode()).hexdigest()[:24] if session else uuid.uuid4().hex)
 
     def _write(self, name: str, text: str, request: gr.Request | None = None) -> str:
         """A file for a download button, in a folder of this browser session's own: two sessions
         exporting chats of the same title never write (and so never hand out) the same file."""
-        session = getattr(request, "session_hash", None)
-        folder = self._tmp / (hashlib.sha256(session.encode()).hexdigest()[:24] if session else uuid.uuid4().hex)
+        folder = self._session_folder(request)
         folder.mkdir(exist_ok=True)
         path = folder / name
         path.write_text(text, encoding="utf-8")
@@ -127,32 +149,36 @@ class Handlers:
     # --- page load ------------------------------------------------------------
     def load(self, store, request: gr.Request):
         """Restore the browser's (or the user's server-side) conversations and fill every panel."""
-        username = getattr(request, "username", None)
         if self.sessions:
             self.sessions.opened(getattr(request, "session_hash", None))
-        if self.user_store and username:
-            store = self.user_store.load(username) or store
+        owner = self.owner(request, store)
+        if self.user_store and owner.kind != "browser" and owner.id:
+            # The server's copy wins over this browser's: the browser may hold another login's chats.
+            store = self.user_store.load(owner.history_key) or store
         store = self.service.ensure_store(store)
+        personas = self.personas(request, store)
         conv = self.service.active(store)
-        persona = self.service.personas.get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
+        persona = personas.get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
         fields = self.persona_fields(persona)
         if conv.get("system_used"):
             fields[2] = conv["system_used"]
         return (
             *self._view(store),
-            self.persona_choices(persona.id if persona else None),
+            self.persona_choices(persona.id if persona else None, personas),
             *fields,
             *self.persona_settings(persona),
-            self.persona_errors(),
-            self.model_status(),
-            self.model_choices(),
+            self.persona_errors(personas),
+            self.model_status(request),
+            self.model_choices(request),
+            self.shared_button(request),  # save to the shared library
+            self.shared_button(request),  # load model
         )
 
     def persist(self, store, request: gr.Request) -> None:
         """Save to server-side storage when the user is logged in and it is enabled."""
-        username = getattr(request, "username", None)
-        if self.user_store and username and store:
-            self.user_store.save(username, store)
+        owner = self.owner(request, store)
+        if self.user_store and owner.kind != "browser" and owner.id and store:
+            self.user_store.merge(owner.history_key, store)  # never drops what another tab of this user wrote
 
     # --- chat -------------------------------------------------------------------
     def _guard(self, request: gr.Request | None) -> None:
@@ -178,14 +204,24 @@ class Handlers:
         values = (temperature, top_p, top_k, rep_penalty, max_new, seed, window)
         store = self.service.ensure_store(store)
         session = request.session_hash or "anonymous"
+        owner = self.owner(request, store)
         conv = self.service.active(store)
         stats_text = ""
+        if self.log_content and conv["messages"]:
+            log.info("ui message owner=%s text=%r", owner.rate_key, conv["messages"][-1]["content"])
         try:
             settings = settings_dict(values)
             # While streaming only the chatbot changes; the store (all chats, encrypted into
             # localStorage) is sent once at the end, or by after_stop() when Stop cancels this.
             replies = self.service.stream_reply(
-                store, system, settings, session, bool(in_first_turn), parse_examples(examples)
+                store,
+                system,
+                settings,
+                session,
+                bool(in_first_turn),
+                parse_examples(examples),
+                user=owner.rate_key,  # per login (or address), never per session: sessions are free
+                personas=self.personas(request, store),
             )
             for _, stats in replies:
                 stats_text = self.stats_markdown(stats)
@@ -203,6 +239,8 @@ class Handlers:
         self.service.forget_session(request.session_hash or "anonymous")
         if self.sessions:
             self.sessions.closed(request.session_hash)
+        if request.session_hash:  # this session's export files go with it
+            shutil.rmtree(self._session_folder(request), ignore_errors=True)
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's reply within one token."""
@@ -295,11 +333,14 @@ class Handlers:
             parts.append(f"seed {stats.seed}")
         return " · ".join(parts)
 
-    def model_status(self) -> str:
-        """The loaded variant, precision, device map and memory."""
+    def model_status(self, request: gr.Request | None = None) -> str:
+        """The loaded variant, precision, device map and memory; who may switch models."""
         s = self.service.manager.status()
         if not s.get("loaded"):
-            return f"⏳ Loading {s.get('model') or 'model'}…"
+            return f"⏳ The model is loading ({s.get('model') or 'model'}); chat works again once it is loaded."
+        switch = ""
+        if len(self.service.manager.specs) > 1 and not self.owner(request).is_admin:
+            switch = f"  \n🔒 Switching models affects every user. {self.access.admin_rule()}"
         mem = s["memory"]
         gpu = " · ".join(
             f"{k}: {v['allocated_gb']} GB used, {v['free_gb']} GB free" for k, v in mem.items() if k != "rss_gb"
@@ -309,17 +350,26 @@ class Handlers:
             f"**{s['model']}** — {s['precision']} ({s['dtype']}), {s['params_b']} B parameters  \n"
             f"device: {s['device']} ({devices}) · attention: {s['attention']} · decode: {s.get('decode', 'eager')} "
             f"· context {s['context_length']:,} tokens  \n"
-            f"memory: process {mem['rss_gb']} GB{' · ' + gpu if gpu else ''}"
+            f"memory: process {mem['rss_gb']} GB{' · ' + gpu if gpu else ''}{switch}"
         )
 
-    def model_choices(self):
-        """Configured variants for the switcher."""
+    def model_choices(self, request: gr.Request | None = None):
+        """Configured variants for the switcher (disabled for those who may not switch)."""
         names = [spec.name for spec in self.service.manager.specs]
         current = self.service.manager.current
-        return gr.update(choices=names, value=current.name if current else None)
+        admin = self.owner(request).is_admin
+        return gr.update(choices=names, value=current.name if current else None, interactive=admin)
 
-    def switch_model(self, name: str, progress=gr.Progress()):
-        """Unload and load another configured variant, with progress; the old one returns on failure."""
+    def shared_button(self, request: gr.Request | None = None):
+        """The shared-library and model-switch controls: enabled for admins only."""
+        return gr.update(interactive=self.owner(request).is_admin)
+
+    def switch_model(self, name: str, request: gr.Request = None, progress=gr.Progress()):
+        """Unload and load another configured variant, with progress; the old one returns on failure.
+
+        It changes the model for every user, so only an admin may (see :meth:`ui.owner.Access.admin_rule`).
+        """
+        self._require_admin(request)
         spec = next((s for s in self.service.manager.specs if s.name == name), None)
         if spec is None:
             raise gr.Error(f"{name} is not a configured model.")
@@ -328,7 +378,7 @@ class Handlers:
             gr.Info(message)
         except QwenCoreError as exc:
             gr.Warning(str(exc), duration=15)
-        return self.model_status(), self.model_choices(), *self.default_settings()
+        return self.model_status(request), self.model_choices(request), *self.default_settings()
 
     # --- conversations ---------------------------------------------------------------
     def new_chat(self, store, persona_id, request: gr.Request = None):
@@ -350,7 +400,7 @@ class Handlers:
             except ChatInputError as exc:
                 raise gr.Error(str(exc)) from None
         conv = self.service.active(store)
-        persona = self.service.personas.get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
+        persona = self.personas(request, store).get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
         fields = self.persona_fields(persona)
         if conv.get("system_used"):
             fields[2] = conv["system_used"]
@@ -370,118 +420,40 @@ class Handlers:
         return self._view(self.service.delete(self.service.ensure_store(store)))
 
     def exports(self, store, request: gr.Request = None):
-        """Current chat as JSON and Markdown files for the download buttons."""
+        """Current chat as JSON and Markdown files, written only when the user asks (the Export button)."""
         store = self.service.ensure_store(store)
         conv = self.service.active(store)
-        persona = self.service.personas.get(conv.get("persona_id") or "")
+        persona = self.personas(request, store).get(conv.get("persona_id") or "")
         name = safe_name(conv.get("title") or "chat", "chat")
         return (
             self._write(f"{name}.json", export_json(conv), request),
             self._write(f"{name}.md", to_markdown(conv, persona.name if persona else ""), request),
         )
 
-    def import_chat(self, store, file):
-        """Add a chat from an exported JSON file."""
+    def prepare_exports(self, store, request: gr.Request = None):
+        """The Export button: write the files and show their download buttons."""
+        json_path, md_path = self.exports(store, request)
+        return gr.update(value=json_path, visible=True), gr.update(value=md_path, visible=True)
+
+    @staticmethod
+    def _read_upload(file) -> tuple[str, str]:
+        """The uploaded file's text and its own name; errors name only that name, never a server path."""
         if file is None:
             raise gr.Error("No file was uploaded.")
         path = Path(file if isinstance(file, str) else file.name)
         try:
-            text = path.read_text(encoding="utf-8")
-            conv = parse_import(text, path.name)
+            return path.read_text(encoding="utf-8"), path.name
+        except UnicodeDecodeError:
+            raise gr.Error(f"{path.name}: cannot be read as UTF-8 text; export it again as JSON.") from None
+        except OSError:
+            raise gr.Error(f"{path.name}: the upload cannot be read; upload the file again.") from None
+
+    def import_chat(self, store, file):
+        """Add a chat from an exported JSON file."""
+        text, name = self._read_upload(file)
+        try:
+            conv = parse_import(text, name)
             store = self.service.add_imported(self.service.ensure_store(store), conv)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise gr.Error(f"{path.name}: cannot be read as UTF-8 text ({exc})") from None
         except ConversationError as exc:
             raise gr.Error(str(exc)) from None
         return self._view(store)
-
-    # --- personas ----------------------------------------------------------------------
-    def pick_persona(self, store, persona_id):
-        """Load a persona into the editor and the settings; mid-chat the switch is noted in the transcript."""
-        persona = self.service.personas.get(persona_id) if persona_id else None
-        store = self.service.ensure_store(store)
-        if persona:
-            store = self.service.set_persona(store, persona.id)
-        return *self._view(store)[:2], *self.persona_fields(persona), *self.persona_settings(persona)
-
-    def _persona_from_fields(self, persona_id, name, avatar, system, greeting, dialogue, first_turn, values) -> Persona:
-        try:
-            pairs = json.loads(dialogue or "[]")
-        except json.JSONDecodeError as exc:
-            raise PersonaError(f"Example dialogue: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-        s = settings_dict(values)
-        data = {
-            "id": persona_id,
-            "name": name,
-            "avatar": avatar,
-            "system_prompt": system,
-            "greeting": greeting,
-            "example_dialogue": pairs,
-            "settings": {k: s[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")},
-            "system_in_first_turn": bool(first_turn),
-        }
-        return parse_persona(data, "persona editor")
-
-    def save_persona(self, persona_id, name, avatar, system, greeting, dialogue, first_turn, *values):
-        """Save the editor as a user persona (editing a built-in saves your own copy over it)."""
-        current = self.service.personas.get(persona_id or "")
-        if current is None or (current.builtin and (name or "").strip() != current.name):
-            persona_id = self.service.personas.unique_id(name or "persona")
-        try:
-            persona = self._persona_from_fields(
-                persona_id,
-                name, avatar, system, greeting, dialogue, first_turn, values,
-            )  # fmt: skip
-            persona = self.service.personas.save(persona)
-        except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.persona_choices(persona.id), f"✅ Saved “{persona.name}”.", self.export_persona(persona.id)
-
-    def duplicate_persona(self, persona_id, name, avatar, system, greeting, dialogue, first_turn, *values):
-        """Save the editor as a new persona named “… (copy)”."""
-        try:
-            copy_name = f"{name or 'Persona'} (copy)"
-            persona = self._persona_from_fields(
-                self.service.personas.unique_id(copy_name),
-                copy_name,
-                avatar,
-                system,
-                greeting,
-                dialogue,
-                first_turn,
-                values,
-            )
-            persona = self.service.personas.save(replace(persona, name=copy_name))
-        except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.persona_choices(persona.id), f"✅ Created “{persona.name}”.", persona.name
-
-    def delete_persona(self, persona_id):
-        """Delete a user persona (a built-in one it overrode comes back)."""
-        try:
-            self.service.personas.delete(persona_id or "")
-        except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.persona_choices(DEFAULT_PERSONA_ID), "🗑️ Deleted."
-
-    def export_persona(self, persona_id, request: gr.Request = None):
-        """The persona as a JSON file for its download button."""
-        persona = self.service.personas.get(persona_id or "")
-        if persona is None:
-            return None
-        text = json.dumps(persona.to_json(), ensure_ascii=False, indent=2)
-        return self._write(f"{persona.id}.persona.json", text, request)
-
-    def import_personas(self, file):
-        """Import personas from a JSON file (one or a list); each gets a fresh id."""
-        if file is None:
-            raise gr.Error("No file was uploaded.")
-        path = Path(file if isinstance(file, str) else file.name)
-        try:
-            added = self.service.personas.import_json(path.read_text(encoding="utf-8"), path.name)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise gr.Error(f"{path.name}: cannot be read as UTF-8 text ({exc})") from None
-        except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        names = ", ".join(p.name for p in added)
-        return self.persona_choices(added[-1].id), f"✅ Imported {names}."

@@ -62,6 +62,7 @@ class Page:
     chat_name: gr.Textbox
     rename: gr.Button
     delete_chat: gr.Button
+    export_chat: gr.Button
     export_json: gr.DownloadButton
     export_md: gr.DownloadButton
     import_chat: gr.UploadButton
@@ -74,9 +75,11 @@ class Page:
     example_dialogue: gr.Code
     in_first_turn: gr.Checkbox
     save_persona: gr.Button
+    save_shared: gr.Button
     duplicate_persona: gr.Button
     delete_persona: gr.Button
-    export_persona: gr.DownloadButton
+    export_persona: gr.Button
+    download_persona: gr.DownloadButton
     import_persona: gr.UploadButton
     persona_status: gr.Markdown
     # generation
@@ -108,9 +111,12 @@ class Page:
         ]
 
 
-def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Page:
-    """Create the components inside a new Blocks."""
-    with gr.Blocks(title=title, fill_height=True) as demo:
+def build_page(secret: str, context_length: int, title: str = "Qwen Chat", model_names: tuple[str, ...] = ()) -> Page:
+    """Create the components inside a new Blocks (``model_names``: the variants one may switch to)."""
+    # Gradio copies every file a handler returns (exports) or a user uploads into its cache;
+    # without this the cache only grows (36 MB per 20 store changes when exports were written
+    # on every change). Files older than an hour go, checked every 10 minutes.
+    with gr.Blocks(title=title, fill_height=True, delete_cache=(600, 3600)) as demo:
         store = gr.BrowserState(None, storage_key="qwen-chat-store-v1", secret=secret)
         with gr.Sidebar(label=i18n("conversations"), open=True):
             new_chat = gr.Button(i18n("new_chat"), variant="primary")
@@ -120,9 +126,11 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Pa
             with gr.Row():
                 rename = gr.Button(i18n("rename"), size="sm")
                 delete_chat = gr.Button(i18n("delete_chat"), size="sm", variant="stop")
+            # Exports are written when asked (Export chat), then offered by the download buttons.
+            export_chat = gr.Button(i18n("export_chat"), size="sm")
             with gr.Row():
-                export_json = gr.DownloadButton(i18n("export_json"), size="sm")
-                export_md = gr.DownloadButton(i18n("export_md"), size="sm")
+                export_json = gr.DownloadButton(i18n("export_json"), size="sm", visible=False)
+                export_md = gr.DownloadButton(i18n("export_md"), size="sm", visible=False)
             import_chat = gr.UploadButton(i18n("import_chat"), file_types=[".json"], size="sm")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -170,8 +178,10 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Pa
                         save_persona = gr.Button(i18n("save_persona"), variant="primary", size="sm")
                         duplicate_persona = gr.Button(i18n("duplicate_persona"), size="sm")
                         delete_persona = gr.Button(i18n("delete_persona"), size="sm", variant="stop")
+                    save_shared = gr.Button(i18n("save_shared"), size="sm", interactive=False)
                     with gr.Row():
-                        export_persona = gr.DownloadButton(i18n("export_persona"), size="sm")
+                        export_persona = gr.Button(i18n("export_persona"), size="sm")
+                        download_persona = gr.DownloadButton(i18n("download_persona"), size="sm", visible=False)
                         import_persona = gr.UploadButton(i18n("import_persona"), file_types=[".json"], size="sm")
                     persona_status = gr.Markdown()
                 with gr.Tab(i18n("generation")):
@@ -193,6 +203,7 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat") -> Pa
                 with gr.Tab(i18n("model")):
                     model_status = gr.Markdown(label=i18n("model_status"))
                     reply_stats = gr.Markdown()
-                    model_pick = gr.Dropdown(label=i18n("switch_model"), choices=[], interactive=True)
-                    load_model = gr.Button(i18n("load_model"))
+                    # Enabled on page load for those who may switch (admins; see ui.owner).
+                    model_pick = gr.Dropdown(label=i18n("switch_model"), choices=list(model_names), interactive=False)
+                    load_model = gr.Button(i18n("load_model"), interactive=False)
     return Page(**{k: v for k, v in locals().items() if k in Page.__dataclass_fields__})

@@ -21,12 +21,18 @@ from .conversations import (
     MAX_CONVERSATIONS,
     MAX_MESSAGES,
     ConversationError,
+    ensure_ids,
+    forget,
+    message,
     new_conversation,
     title_from,
     to_model_history,
     turn_spans,
 )
+from .owner import BROWSER_ID_KEY, new_browser_id
 from .personas import DEFAULT_PERSONA_ID, PersonaStore
+
+MAX_DELETED_CHATS = 2000  # ids of deleted chats kept (so a merge does not bring them back)
 
 
 class ChatInputError(ValueError):
@@ -82,10 +88,10 @@ class _Session:
         self.idle.set()
 
 
-def empty_store() -> dict:
-    """A store with one empty conversation."""
+def empty_store(browser_id: str | None = None) -> dict:
+    """A store with one empty conversation (and this browser's id; see :mod:`ui.owner`)."""
     conv = new_conversation(DEFAULT_PERSONA_ID)
-    return {"version": 1, "active": conv["id"], "conversations": [conv]}
+    return {"version": 1, "active": conv["id"], "conversations": [conv], BROWSER_ID_KEY: browser_id or new_browser_id()}
 
 
 class ChatService:
@@ -108,15 +114,24 @@ class ChatService:
     # --- store -------------------------------------------------------------
     def ensure_store(self, store: dict | None) -> dict:
         """A valid store from whatever the browser sent (nothing, an old or a damaged value)."""
+        browser_id = store.get(BROWSER_ID_KEY) if isinstance(store, dict) else None
+        if not isinstance(browser_id, str) or not 16 <= len(browser_id) <= 64:
+            browser_id = None  # a damaged or missing id: this browser gets a fresh one
         if not isinstance(store, dict) or not isinstance(store.get("conversations"), list):
-            return empty_store()
+            return empty_store(browser_id)
         convs = [c for c in store["conversations"] if isinstance(c, dict) and isinstance(c.get("messages"), list)]
         if not convs:
-            return empty_store()
+            return empty_store(browser_id)
+        for conv in convs:
+            ensure_ids(conv)
         active = store.get("active")
         if active not in {c.get("id") for c in convs}:
             active = convs[0]["id"]
-        return {"version": 1, "active": active, "conversations": convs}
+        out = {"version": 1, "active": active, "conversations": convs, BROWSER_ID_KEY: browser_id or new_browser_id()}
+        deleted = store.get("deleted")
+        if isinstance(deleted, list):
+            out["deleted"] = [d for d in deleted if isinstance(d, str)][-MAX_DELETED_CHATS:]
+        return out
 
     @staticmethod
     def active(store: dict) -> dict:
@@ -143,7 +158,7 @@ class ChatService:
             raise ChatInputError("This conversation is too long to continue; start a new chat.")
         if not any(m["role"] == "user" for m in conv["messages"]):
             conv["title"] = title_from(text)
-        conv["messages"].append({"role": "user", "content": text})
+        conv["messages"].append(message("user", text))
         self._touch(conv)
         return store
 
@@ -198,11 +213,16 @@ class ChatService:
         session_id: str,
         system_in_first_turn: bool = False,
         examples: list[tuple[str, str]] | None = None,
+        user: str | None = None,
+        personas: PersonaStore | None = None,
     ) -> Iterator[tuple[dict, ReplyStats]]:
         """Generate the reply to the last user message, yielding the growing store.
 
-        The partial reply stays in the conversation if generation is stopped; closing
-        this generator (Gradio does when Stop cancels the event) stops the worker.
+        ``user`` is what rate limits and fair turns count by (the login, or the client's
+        address; never the session, which a client can renew at will); ``personas`` is the
+        caller's persona view (to name a persona switch). The partial reply stays in the
+        conversation if generation is stopped; closing this generator (Gradio does when Stop
+        cancels the event) stops the worker.
         """
         conv = self.active(store)
         msgs = conv["messages"]
@@ -217,7 +237,7 @@ class ChatService:
         # A persona's example dialogue leads the history, as character cards do; being the
         # oldest turns, it is the first thing the window drops.
         history = list(examples or []) + to_model_history(msgs[:query_at])
-        self._note_system_change(conv, system, query_at)
+        self._note_system_change(conv, system, query_at, personas)
         session = self.session(session_id)
         if not session.idle.is_set():
             raise ChatInputError("A reply is still being generated; wait for it or press Stop.")
@@ -227,7 +247,7 @@ class ChatService:
         session.store = store
         session.idle.clear()  # busy from here, also while queued for a slot
         try:
-            self.scheduler.acquire(session_id, cancel)
+            self.scheduler.acquire(user or session_id, cancel)
         except Busy as exc:
             session.idle.set()
             raise ChatInputError(str(exc)) from None
@@ -247,7 +267,7 @@ class ChatService:
             self.scheduler.release()
             session.idle.set()
             raise
-        reply = {"role": "assistant", "content": ""}
+        reply = message("assistant", "")
         conv["messages"].append(reply)
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
@@ -273,13 +293,13 @@ class ChatService:
             self.scheduler.release()
         yield store, stats
 
-    def _note_system_change(self, conv: dict, system: str, before: int) -> None:
+    def _note_system_change(self, conv: dict, system: str, before: int, personas: PersonaStore | None = None) -> None:
         """Show in the transcript when the system prompt differs from the one the last reply used."""
         last = conv.get("system_used")
         if last is not None and last != system and conv["messages"][:before]:
-            name = next((p.name for p in self.personas.all() if p.system_prompt == system), None)
+            name = next((p.name for p in (personas or self.personas).all() if p.system_prompt == system), None)
             text = f"Persona: {name}" if name else "System prompt changed"
-            conv["messages"].insert(before, {"role": "event", "content": f"{text} (from this turn on)"})
+            conv["messages"].insert(before, message("event", f"{text} (from this turn on)"))
         conv["system_used"] = system
 
     def regenerate(self, store: dict) -> dict:
@@ -287,7 +307,7 @@ class ChatService:
         conv = self.active(store)
         msgs = conv["messages"]
         while msgs and msgs[-1]["role"] in ("assistant", "event"):
-            msgs.pop()
+            forget(conv, [msgs.pop()])
         if not msgs:
             raise ChatInputError("Nothing to regenerate yet: send a message first.")
         self._touch(conv)
@@ -297,13 +317,17 @@ class ChatService:
         """Remove the last exchange; returns the user's text so it can go back into the input."""
         conv = self.active(store)
         msgs = conv["messages"]
+        removed = []
         while msgs and msgs[-1]["role"] in ("assistant", "event"):
-            msgs.pop()
+            removed.append(msgs.pop())
         if not msgs:
+            forget(conv, removed)
             raise ChatInputError("Nothing to undo.")
-        text = msgs.pop()["content"]
+        removed.append(msgs.pop())
+        text = removed[-1]["content"]
         while msgs and msgs[-1]["role"] == "event":
-            msgs.pop()
+            removed.append(msgs.pop())
+        forget(conv, removed)
         self._touch(conv)
         return store, text
 
@@ -318,35 +342,35 @@ class ChatService:
         self._check_chars(text)
         if len(text) > self.limits.max_message_chars:
             raise ChatInputError(f"The message is longer than {self.limits.max_message_chars:,} characters.")
+        forget(conv, msgs[index:])
         del msgs[index + 1 :]
-        msgs[index] = {"role": "user", "content": text}
+        msgs[index] = message("user", text)
         self._touch(conv)
         return store
 
     def clear(self, store: dict) -> dict:
         """Empty the conversation on screen."""
         conv = self.active(store)
+        forget(conv, conv["messages"])
         conv["messages"] = []
         conv.pop("system_used", None)
         conv["title"] = "New chat"
         self._touch(conv)
         return store
 
-    def set_persona(self, store: dict, persona_id: str) -> dict:
+    def set_persona(self, store: dict, persona_id: str, personas: PersonaStore | None = None) -> dict:
         """Record the persona on the conversation; mid-chat it is noted in the transcript."""
-        persona = self.personas.get(persona_id)
+        persona = (personas or self.personas).get(persona_id)
         if persona is None:
             raise ChatInputError(f"Persona '{persona_id}' no longer exists.")
         conv = self.active(store)
         if conv.get("persona_id") != persona_id:
             conv["persona_id"] = persona_id
             if any(m["role"] != "event" for m in conv["messages"]):
-                conv["messages"].append(
-                    {"role": "event", "content": f"Persona: {persona.name} (from the next turn on)"}
-                )
+                conv["messages"].append(message("event", f"Persona: {persona.name} (from the next turn on)"))
                 conv["system_used"] = persona.system_prompt
             elif persona.greeting and not conv["messages"]:
-                conv["messages"].append({"role": "assistant", "content": persona.greeting, "greeting": True})
+                conv["messages"].append(message("assistant", persona.greeting, greeting=True))
             self._touch(conv)
         return store
 
@@ -416,9 +440,12 @@ class ChatService:
 
     def delete(self, store: dict) -> dict:
         """Delete the conversation on screen; another (or a new empty one) takes its place."""
+        store["deleted"] = (list(store.get("deleted") or []) + [store["active"]])[-MAX_DELETED_CHATS:]
         store["conversations"] = [c for c in store["conversations"] if c["id"] != store["active"]]
         if not store["conversations"]:
-            return empty_store()
+            fresh = empty_store(store.get(BROWSER_ID_KEY))
+            fresh["deleted"] = store["deleted"]
+            return fresh
         store["active"] = store["conversations"][0]["id"]
         return store
 

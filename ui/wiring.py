@@ -33,8 +33,18 @@ def wire(page: Page, h: Handlers) -> None:
     p.demo.load(
         h.load,
         inputs=[p.store],
-        outputs=[*view, p.persona_pick, *persona_fields, *p.settings, p.persona_status, p.model_status, p.model_pick],
-    ).then(**meter_io).then(None, js=MARK_DROPPED_JS)
+        outputs=[
+            *view,
+            p.persona_pick,
+            *persona_fields,
+            *p.settings,
+            p.persona_status,
+            p.model_status,
+            p.model_pick,
+            p.save_shared,
+            p.load_model,
+        ],
+    )  # fmt: skip.then(**meter_io).then(None, js=MARK_DROPPED_JS)
 
     # Send: show the message at once, then stream; Stop cancels the stream.
     replies = []
@@ -78,22 +88,26 @@ def wire(page: Page, h: Handlers) -> None:
     p.chat_name.submit(h.rename_chat, [p.store, p.chat_name], view, queue=False)
     p.delete_chat.click(h.delete_chat, [p.store], view, queue=False).then(**meter_io).then(None, js=MARK_DROPPED_JS)
     p.import_chat.upload(h.import_chat, [p.store, p.import_chat], view).then(**meter_io).then(None, js=MARK_DROPPED_JS)
-    p.store.change(h.exports, [p.store], [p.export_json, p.export_md], queue=False, show_progress="hidden")
+    # Export files are written only when asked: one click writes them and shows the download buttons.
+    p.export_chat.click(h.prepare_exports, [p.store], [p.export_json, p.export_md], queue=False)
     p.store.change(h.persist, [p.store], None, queue=False, show_progress="hidden")
 
     # Personas
+    # Every persona event gets the store: without logins it carries the browser's id (ui.owner).
     p.persona_pick.input(
         h.pick_persona, [p.store, p.persona_pick], [*chat, *persona_fields, *p.settings], queue=False
-    ).then(**meter_io).then(h.export_persona, [p.persona_pick], [p.export_persona], queue=False)
-    editor = [p.persona_pick, *persona_fields, *p.settings]
-    p.save_persona.click(h.save_persona, editor, [p.persona_pick, p.persona_status, p.export_persona], queue=False)
+    ).then(**meter_io)
+    editor = [p.store, p.persona_pick, *persona_fields, *p.settings]
+    p.save_persona.click(h.save_persona, editor, [p.persona_pick, p.persona_status], queue=False)
+    p.save_shared.click(h.save_shared_persona, editor, [p.persona_pick, p.persona_status], queue=False)
     p.duplicate_persona.click(
         h.duplicate_persona, editor, [p.persona_pick, p.persona_status, p.persona_name], queue=False
     )
-    p.delete_persona.click(h.delete_persona, [p.persona_pick], [p.persona_pick, p.persona_status], queue=False).then(
-        h.pick_persona, [p.store, p.persona_pick], [*chat, *persona_fields, *p.settings], queue=False
-    )
-    p.import_persona.upload(h.import_personas, [p.import_persona], [p.persona_pick, p.persona_status]).then(
+    p.delete_persona.click(
+        h.delete_persona, [p.store, p.persona_pick], [p.persona_pick, p.persona_status], queue=False
+    ).then(h.pick_persona, [p.store, p.persona_pick], [*chat, *persona_fields, *p.settings], queue=False)
+    p.export_persona.click(h.export_persona, [p.store, p.persona_pick], [p.download_persona], queue=False)
+    p.import_persona.upload(h.import_personas, [p.import_persona, p.store], [p.persona_pick, p.persona_status]).then(
         h.pick_persona, [p.store, p.persona_pick], [*chat, *persona_fields, *p.settings], queue=False
     )
 
