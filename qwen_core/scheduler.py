@@ -8,11 +8,12 @@ user, so one client with many requests cannot starve the others.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from .errors import QwenCoreError
@@ -56,8 +57,22 @@ class SchedulerConfig:
 
 @dataclass
 class _Ticket:
+    """A place in the queue. A sync waiter blocks on ``granted``; an async one awaits ``future`` on ``loop``."""
+
     user: str
     granted: threading.Event = field(default_factory=threading.Event)
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future | None = None
+
+    def grant(self) -> None:
+        """Hand the slot over (called under the scheduler's lock, from any thread)."""
+        self.granted.set()
+        if self.loop is not None and self.future is not None:
+            future = self.future
+            try:
+                self.loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+            except RuntimeError:  # the loop is closed: nobody awaits this ticket any more
+                pass
 
 
 class Scheduler:
@@ -90,39 +105,78 @@ class Scheduler:
             )
         recent.append(now)
 
-    def acquire(self, user: str, cancel: threading.Event | None = None) -> None:
-        """Wait for a slot (fairly); raises :class:`Busy`, :class:`RateLimited` or :class:`Cancelled`."""
+    def _enter(self, user: str, ticket: _Ticket) -> bool:
+        """Admit now (True), queue ``ticket`` (False), or raise :class:`Busy` / :class:`RateLimited`."""
         with self._lock:
             self._check_rate(user, time.monotonic())
             if self._active < self.config.max_concurrent and not self._n_waiting:
                 self._active += 1
-                return
+                return True
             if self._n_waiting >= self.config.max_queue:
                 raise Busy(
                     f"The server is busy ({self._active} replies running, {self._n_waiting} waiting). "
                     "Try again in a moment.",
                     retry_after=2.0,
                 )
-            ticket = _Ticket(user)
             self._waiting.setdefault(user, deque()).append(ticket)
             self._n_waiting += 1
+            return False
+
+    def _leave(self, ticket: _Ticket) -> bool:
+        """Take a waiting ticket out of the queue; False if it was granted meanwhile (the caller then holds a slot)."""
+        with self._lock:
+            if ticket.granted.is_set():
+                return False
+            queue = self._waiting.get(ticket.user)
+            if queue and ticket in queue:
+                queue.remove(ticket)
+                if not queue:
+                    del self._waiting[ticket.user]
+            self._n_waiting -= 1
+            return True
+
+    def acquire(self, user: str, cancel: threading.Event | None = None) -> None:
+        """Wait for a slot (fairly); raises :class:`Busy`, :class:`RateLimited` or :class:`Cancelled`."""
+        ticket = _Ticket(user)
+        if self._enter(user, ticket):
+            return
         deadline = time.monotonic() + self.config.max_wait_s
         while not ticket.granted.wait(0.05):
             gave_up = cancel is not None and cancel.is_set()
-            timed_out = time.monotonic() > deadline
-            if gave_up or timed_out:
-                with self._lock:
-                    if ticket.granted.is_set():
-                        break  # granted in the meantime: the caller must release
-                    queue = self._waiting.get(user)
-                    if queue and ticket in queue:
-                        queue.remove(ticket)
-                        if not queue:
-                            del self._waiting[user]
-                    self._n_waiting -= 1
+            if gave_up or time.monotonic() > deadline:
+                if not self._leave(ticket):
+                    break  # granted in the meantime: the caller must release
                 if gave_up:
                     raise Cancelled("Cancelled while waiting for a free slot.")
                 raise Busy("Waited too long for a free slot; the server is overloaded. Try again later.")
+
+    async def acquire_async(self, user: str, cancel: threading.Event | None = None) -> None:
+        """:meth:`acquire` for the event loop: waits without holding a thread (same queue, limits and errors).
+
+        A waiter whose task is cancelled leaves the queue (or gives back the slot it was just granted).
+        """
+        loop = asyncio.get_running_loop()
+        ticket = _Ticket(user, loop=loop, future=loop.create_future())
+        if self._enter(user, ticket):
+            return
+        deadline = time.monotonic() + self.config.max_wait_s
+        try:
+            while True:
+                # Short slices: ``cancel`` is a threading.Event set by whoever watches the client.
+                done, _ = await asyncio.wait({ticket.future}, timeout=0.05)
+                if done:
+                    return
+                gave_up = cancel is not None and cancel.is_set()
+                if gave_up or time.monotonic() > deadline:
+                    if not self._leave(ticket):
+                        return  # granted in the meantime: the caller must release
+                    if gave_up:
+                        raise Cancelled("Cancelled while waiting for a free slot.")
+                    raise Busy("Waited too long for a free slot; the server is overloaded. Try again later.")
+        except asyncio.CancelledError:
+            if not self._leave(ticket):
+                self.release()  # the slot was ours already: pass it on
+            raise
 
     def release(self) -> None:
         """Give a slot back; the next waiting user (round-robin) gets it."""
@@ -134,7 +188,7 @@ class Scheduler:
                 if queue:
                     self._waiting[user] = queue  # to the back of the rotation
                 self._n_waiting -= 1
-                ticket.granted.set()  # the slot passes on; _active is unchanged
+                ticket.grant()  # the slot passes on; _active is unchanged
             else:
                 self._active -= 1
 
@@ -142,6 +196,15 @@ class Scheduler:
     def slot(self, user: str, cancel: threading.Event | None = None) -> Iterator[None]:
         """``with scheduler.slot(user): ...`` — hold a slot for the body."""
         self.acquire(user, cancel)
+        try:
+            yield
+        finally:
+            self.release()
+
+    @asynccontextmanager
+    async def admit(self, user: str, cancel: threading.Event | None = None) -> AsyncIterator[None]:
+        """``async with scheduler.admit(user, cancel): ...`` — :meth:`slot` for async code, no thread held while waiting."""
+        await self.acquire_async(user, cancel)
         try:
             yield
         finally:

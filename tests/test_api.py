@@ -11,6 +11,7 @@ import urllib.request
 
 import openai
 import pytest
+from api_harness import RouterApp
 from server_process import AppProcess
 
 GREEDY = {"temperature": 0, "max_tokens": 24}
@@ -76,7 +77,7 @@ def test_streaming_equals_non_streaming(client):
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
-    assert text.strip() == full.choices[0].message.content
+    assert text == full.choices[0].message.content  # exactly: the stream strips as the non-streamed reply does
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
@@ -98,8 +99,8 @@ def test_stop_strings(client, engine):
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": -1}, "temperature"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
-        ({"messages": [{"role": "user", "content": "x"}], "bogus_field": 1}, "bogus_field"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "assistant", "content": "x"}]}, None),
     ],
@@ -240,3 +241,82 @@ def test_auth_protects_ui_and_api_but_not_health(ckpt_dir, tmp_path):
                 assert r.status == 200
     finally:
         proc.stop()
+
+
+def test_queued_requests_hold_no_threads_and_do_not_stall_a_running_stream(engine, ckpt_dir):
+    """#12 item 7: 45 requests waiting for the one slot; the running stream still streams to its end."""
+    import httpx
+
+    srv = RouterApp(engine, ckpt_dir, concurrency=1, max_queue=64)
+    try:
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=30)
+        stream = c.chat.completions.create(
+            model=srv.model, messages=[{"role": "user", "content": "go"}], stream=True, temperature=0, max_tokens=40
+        )
+        chunks = iter(stream)
+        next(chunks)  # running: it holds the only slot
+
+        def waiter():
+            try:
+                httpx.post(
+                    f"{srv.url}/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+                    timeout=120,
+                )
+            except httpx.HTTPError:
+                pass
+
+        waiters = [threading.Thread(target=waiter, daemon=True) for _ in range(45)]
+        for t in waiters:
+            t.start()
+        deadline = time.time() + 30
+        while srv.scheduler.stats()["waiting"] < 45 and time.time() < deadline:
+            time.sleep(0.1)
+        borrowed = httpx.get(f"{srv.url}/_test/borrowed", timeout=30).json()["borrowed"]
+        waiting_before = srv.scheduler.stats()["waiting"]
+        rest = list(chunks)  # the running stream delivers every chunk while the others wait
+        finish = [ch.choices[0].finish_reason for ch in rest if ch.choices][-1]
+        assert waiting_before == 45
+        assert finish == "length" and len(rest) > 10
+        assert borrowed <= 4, f"{borrowed} of anyio's worker threads are held by requests waiting for a slot"
+        for t in waiters:
+            t.join(120)
+        # The last reply's reader thread gives the slot back just after its answer was sent.
+        deadline = time.time() + 10
+        while srv.scheduler.stats()["active"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.scheduler.stats() == {"active": 0, "waiting": 0, "max_concurrent": 1}
+    finally:
+        srv.stop()
+
+
+def test_async_admission_shares_the_queue_with_sync_acquire_and_leaves_it_when_cancelled():
+    import asyncio
+
+    from qwen_core.scheduler import Busy, Scheduler, SchedulerConfig
+
+    sched = Scheduler(SchedulerConfig(max_concurrent=1, max_queue=2))
+
+    async def scenario():
+        sched.acquire("ui")  # the UI's sync slot holds the only one
+        first = asyncio.create_task(sched.acquire_async("a"))
+        second = asyncio.create_task(sched.acquire_async("b"))
+        await asyncio.sleep(0.1)
+        assert sched.stats() == {"active": 1, "waiting": 2, "max_concurrent": 1}
+        try:
+            await sched.acquire_async("c")
+            raise AssertionError("a full queue must refuse")
+        except Busy as exc:
+            assert "busy" in str(exc)
+        first.cancel()  # a client that goes away leaves the queue
+        await asyncio.sleep(0.1)
+        assert sched.stats()["waiting"] == 1
+        await asyncio.to_thread(sched.release)  # released from another thread: the next waiter gets the slot
+        await asyncio.wait_for(second, 5)
+        assert sched.stats() == {"active": 1, "waiting": 0, "max_concurrent": 1}
+        sched.release()  # "b" is done
+        async with sched.admit("d"):  # the context manager form gives its slot back on exit
+            assert sched.stats()["active"] == 1
+
+    asyncio.run(scenario())
+    assert sched.stats() == {"active": 0, "waiting": 0, "max_concurrent": 1}

@@ -414,3 +414,52 @@ def test_a_slow_consumer_gets_the_same_text_in_fewer_items(remote, engine):
     want = engine.stream_chat("Write a poem about the sea.", HISTORY, SYSTEM, **GREEDY).text()
     assert "".join(items) == want == stream.result.text
     assert len(items) <= 3 and stream.result.finish_reason == "length"
+
+
+def test_new_sampling_fields_and_response_format_per_dialect():
+    """#13: presence/frequency penalties and logit_bias as OpenAI fields, vLLM's extras as extra fields,
+    transformers serve's in generation_config; response_format passed through as it is."""
+    settings = GenerationSettings(
+        temperature=0.7, presence_penalty=0.5, frequency_penalty=-0.5, min_p=0.1, logit_bias={5: 2.0},
+        min_tokens=3, ignore_eos=True, stop_token_ids=(42,),
+    )  # fmt: skip
+    fmt = {"type": "json_object"}
+    req = _Request([1, 2], "t", None, settings, 20, 1, response_format=fmt)
+    stops = (151645, 151644, 151643)
+    vllm = build_body(MODE_IDS, DIALECT_EXTRA, req, model=None, stop_ids=stops)
+    assert (vllm["presence_penalty"], vllm["frequency_penalty"], vllm["logit_bias"]) == (0.5, -0.5, {"5": 2.0})
+    assert (vllm["min_p"], vllm["min_tokens"], vllm["ignore_eos"]) == (0.1, 3, True)
+    assert vllm["stop_token_ids"] == [*stops, 42] and vllm["response_format"] == fmt
+    plain = build_body(MODE_CHAT, DIALECT_STANDARD, req, model=None, stop_ids=stops)
+    assert plain["presence_penalty"] == 0.5 and not {"min_p", "min_tokens", "ignore_eos"} & set(plain)
+    hf = json.loads(build_body(MODE_TEXT, DIALECT_GENCONFIG, req, model=None, stop_ids=stops)["generation_config"])
+    assert (hf["min_p"], hf["min_new_tokens"], hf["eos_token_id"]) == (0.1, 3, [*stops, 42])
+    neutral = build_body(MODE_IDS, DIALECT_EXTRA, _Request([1], "t", None, GenerationSettings(), 5, 1), model=None,
+                         stop_ids=stops)  # fmt: skip
+    assert not {"presence_penalty", "frequency_penalty", "logit_bias", "min_p", "response_format"} & set(neutral)
+
+
+def test_v1_api_on_the_remote_backend_tools_completions_and_refusals(remote, ckpt_dir, engine):
+    """The /v1 router on the remote engine: the same tool prompt and parsing, completions, clear 400s."""
+    import openai
+    from api_harness import RouterApp
+
+    srv = RouterApp(remote, ckpt_dir, concurrency=2, max_queue=8)
+    try:
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=120)
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+        choice = {"type": "function", "function": {"name": "get_weather"}}
+        msgs = [{"role": "user", "content": "Weather in Paris?"}]
+        out = c.chat.completions.create(model=srv.model, messages=msgs, tools=tools, tool_choice=choice,
+                                        max_tokens=8, temperature=0)  # fmt: skip
+        assert out.choices[0].finish_reason == "tool_calls"
+        assert out.choices[0].message.tool_calls[0].function.name == "get_weather"
+        plain = c.chat.completions.create(model=srv.model, messages=msgs, max_tokens=8, temperature=0)
+        assert plain.choices[0].message.content == engine.chat(msgs[0]["content"], do_sample=False, max_new_tokens=8)
+        text = c.completions.create(model=srv.model, prompt="The sea is", max_tokens=4, temperature=0)
+        assert text.usage.completion_tokens == 4
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(model=srv.model, messages=msgs, max_tokens=2, logprobs=True)
+        assert err.value.body["param"] == "logprobs"
+    finally:
+        srv.stop()

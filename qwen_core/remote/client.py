@@ -311,6 +311,7 @@ class RemoteEngine(Engine):
         *,
         messages: list[dict] | None = None,
         stream: bool = True,
+        response_format: dict | None = None,
     ) -> RemoteReplyStream:
         """Check the length and start the worker (the lowest level every call goes through)."""
         limit = self.info.context_length
@@ -328,16 +329,26 @@ class RemoteEngine(Engine):
             max_new=min(settings.max_new_tokens, limit - len(ids)),
             seed=seed,
             stream=stream,
+            response_format=response_format,
         )
         reply = RemoteReplyStream(self, req, cancel)
         self.last_result = reply.result
         return reply
 
     def stream_prompt(
-        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        cancel: threading.Event | None = None,
+        *,
+        response_format: dict | None = None,
     ) -> RemoteReplyStream:
-        """Stream a reply to ready prompt ids (endpoints that take only chat messages are skipped)."""
-        return self._start(None, prompt_ids, settings, cancel)
+        """Stream a reply to ready prompt ids (endpoints that take only chat messages are skipped).
+
+        ``response_format`` (OpenAI's JSON output) is sent to the server, which must enforce it (vLLM and
+        SGLang do, on /v1/completions too); there is no local constraint on this backend.
+        """
+        return self._start(None, prompt_ids, settings, cancel, response_format=response_format)
 
     def stream_chat(
         self,

@@ -106,6 +106,7 @@ class _Request:
     max_new: int
     seed: int | None
     stream: bool = True
+    response_format: dict | None = None  # OpenAI's JSON output request, passed through (vLLM, SGLang enforce it)
 
 
 def chat_messages(
@@ -159,6 +160,8 @@ def build_body(
         body["stream_options"] = {"include_usage": True}
     if req.seed is not None:
         body["seed"] = req.seed
+    if req.response_format is not None:
+        body["response_format"] = req.response_format
     if dialect == DIALECT_GENCONFIG:
         config: dict = {
             "do_sample": not s.greedy,
@@ -171,18 +174,37 @@ def build_body(
             config["suppress_tokens"] = list(suppress_ids)
         if not s.greedy:
             config.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+            if s.min_p:
+                config["min_p"] = s.min_p
+        if s.min_tokens:
+            config["min_new_tokens"] = s.min_tokens
+        if s.stop_token_ids:
+            config["eos_token_id"] = list(dict.fromkeys([*stop_ids, *s.stop_token_ids]))
         body["generation_config"] = json.dumps(config)
         return body
     body["temperature"] = 0.0 if s.greedy else s.temperature
     if not s.greedy:
         body["top_p"] = s.top_p
     body["stop"] = list(STOP_TEXTS)
+    # OpenAI's own fields: every OpenAI-compatible server reads them (sent only when not neutral).
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
+    if s.logit_bias:
+        body["logit_bias"] = {str(t): b for t, b in s.logit_bias}
     if dialect == DIALECT_EXTRA:
         if not s.greedy and s.top_k > 0:
             body["top_k"] = s.top_k
+        if not s.greedy and s.min_p:
+            body["min_p"] = s.min_p
         if s.repetition_penalty != 1.0:
             body["repetition_penalty"] = s.repetition_penalty
-        body["stop_token_ids"] = list(stop_ids)
+        if s.min_tokens:
+            body["min_tokens"] = s.min_tokens
+        if s.ignore_eos:
+            body["ignore_eos"] = True
+        body["stop_token_ids"] = list(dict.fromkeys([*stop_ids, *s.stop_token_ids]))
     return body
 
 
