@@ -11,7 +11,7 @@ needs any more are cut off, so a long reply that ended does not tax the others.
 
 Why not transformers' ``ContinuousBatchingManager``: it applies one generation config
 to all requests, while every reply here has its own sampling settings, seed and
-repetition penalty (the logits processors of :mod:`.generation` run per row), and it
+repetition penalty (each row's :class:`~qwen_core.sampling.SamplingPlan`), and it
 knows nothing of Qwen-1's per-prompt dynamic-NTK alpha, which rides along per row
 here (``qwen_ntk_alphas`` on the cache, read by :mod:`.modeling`).
 """
@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import DynamicCache
 
-from .generation import SeededSampler
 from .memory import Trimmer
+from .prefill import PrefillPacer, stack_kv
+from .prefix_cache import PrefixCache, default_capacity_bytes
+from .sampling import RowSampler, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class _Row:
     """One reply in flight."""
 
     prompt: list[int]
-    processors: LogitsProcessorList
+    sampler: RowSampler  # the reply's sampling plan and state (seeded generator, counts, constraint, logprobs)
     max_new: int
     cancel: threading.Event
     streamer: object  # QwenStreamer: put(tensor) / end()
@@ -48,14 +51,11 @@ class _Row:
     length: int = 0  # valid entries of ids
     generated: int = 0
     alpha: float = 1.0
-    key: tuple = ()  # rows with equal keys filter their logits together
 
-    def __post_init__(self) -> None:
-        self.key = tuple(
-            (type(p).__name__, repr(sorted(vars(p).items())))
-            for p in self.processors
-            if not isinstance(p, SeededSampler)
-        )
+    @property
+    def key(self) -> tuple:
+        """Rows with equal keys filter their logits together."""
+        return self.sampler.plan.key
 
     def finish(self, error: BaseException | None = None) -> None:
         if error is not None:
@@ -66,23 +66,78 @@ class _Row:
             self.done.set()
 
 
+class _Job:
+    """A function the worker runs between steps for another thread (e.g. prompt scoring)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """A reply whose prompt is being prefilled, possibly over several loop turns (chunked)."""
+
+    row: _Row
+    cache: DynamicCache | None = None  # None until its prefix-cache lookup ran
+    fed: int = 0  # prompt tokens whose K/V are in ``cache``
+    ended: bool = False  # merged into the batch, finished or failed: leaves the queue
+
+
 class Batcher:
     """Decodes all submitted replies together, at most ``max_batch`` rows at a time.
 
     Thread-safe. Replies beyond ``max_batch`` wait (in order) for a row to free up;
     admission control with fairness and 429s is the :class:`~qwen_core.scheduler.Scheduler`'s
     job in front of this.
+
+    ``prefix_cache_bytes``: bound of the :class:`~qwen_core.prefix_cache.PrefixCache` that
+    lets a prompt reuse the K/V of a cached prefix (None: the device's default, 0: off).
+    ``prefill_chunk``: while other replies are decoding, a joining prompt is prefilled at
+    most this many tokens per decode step, so running streams keep their pace (0: whole
+    prompts at once); ``prefill_share``: and at most about this many decode steps' time
+    per step (0: by tokens only). See :class:`~qwen_core.prefill.PrefillPacer`.
     """
 
-    def __init__(self, model, stop_ids, max_batch: int = 16, trim_interval: float = 30.0):
+    def __init__(
+        self,
+        model,
+        stop_ids,
+        max_batch: int = 16,
+        trim_interval: float = 30.0,
+        *,
+        prefix_cache_bytes: int | None = None,
+        prefill_chunk: int = 512,
+        prefill_share: float = 1.0,
+    ):
         if not 1 <= max_batch <= 1024:
             raise ValueError("max_batch must be between 1 and 1024")
+        if prefill_chunk < 0:
+            raise ValueError("prefill_chunk must be 0 (whole prompts) or a positive number of tokens")
         self.model = model
         self.max_batch = max_batch
         self._stops = frozenset(stop_ids)
         self._device = model.get_input_embeddings().weight.device
         self._cond = threading.Condition()
         self._pending: deque[_Row] = deque()
+        self._jobs: deque[_Job] = deque()  # run_exclusive calls, run by the worker between steps
+        self._prefilling: deque[_Prefill] = deque()  # admitted, prompt not fully fed yet
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, cache length]; 0 marks left padding
@@ -91,11 +146,20 @@ class Batcher:
         self.steps = 0  # decode steps run (for stats and tests)
         self.trimmer = Trimmer(trim_interval)
         self.max_rows_seen = 0
+        if prefix_cache_bytes is None:
+            prefix_cache_bytes = default_capacity_bytes(self._device)
+        self.prefix = PrefixCache(prefix_cache_bytes)
+        # Where each layer's K/V live (several GPUs: different devices); the prefix cache
+        # keeps all of them on the first one.
+        self._layer_devices = [layer.input_layernorm.weight.device for layer in model.model.layers]
+        self.prefill_chunk = prefill_chunk
+        self.pacer = PrefillPacer(prefill_chunk, prefill_share)
+        self.prefill_chunks = 0  # prefill forwards that fed part of a prompt (chunked prefill)
 
     # --- public -------------------------------------------------------------
-    def submit(self, prompt, processors, max_new: int, cancel, streamer, errors: list) -> threading.Event:
+    def submit(self, prompt, sampler: RowSampler, max_new: int, cancel, streamer, errors: list) -> threading.Event:
         """Queue a reply; the returned event is set once it has ended (after ``streamer.end()``)."""
-        row = _Row(list(prompt), processors, max_new, cancel, streamer, errors)
+        row = _Row(list(prompt), sampler, max_new, cancel, streamer, errors)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model was unloaded")
@@ -106,15 +170,36 @@ class Batcher:
             self._cond.notify()
         return row.done
 
+    def run_exclusive(self, fn):
+        """Run ``fn()`` on the worker thread between decode steps (its forwards never overlap a
+        reply's) and return its result or raise its exception."""
+        job = _Job(fn)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model was unloaded")
+            self._jobs.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="qwen-batcher")
+                self._thread.start()
+            self._cond.notify()
+        return job.wait()
+
+    def _run_jobs(self) -> None:
+        while self._jobs:
+            self._jobs.popleft().run()
+
     def stats(self) -> dict:
-        """Rows decoding and waiting now."""
+        """Rows decoding, prefilling and waiting now, and the prefix cache's counters."""
         with self._cond:
             return {
                 "rows": len(self._rows),
                 "pending": len(self._pending),
+                "prefilling": len(self._prefilling),
                 "max_batch": self.max_batch,
                 "max_rows_seen": self.max_rows_seen,
                 "steps": self.steps,
+                "prefill_chunks": self.prefill_chunks,
+                "prefix_cache": self.prefix.stats(),
             }
 
     def close(self) -> None:
@@ -131,10 +216,13 @@ class Batcher:
             admit = self._wait_for_work()
             if admit is None:
                 return
-            for row in admit:
-                self._admit(row)
+            self._run_jobs()
+            self._prefilling.extend(_Prefill(row) for row in admit)
+            self._prefill_some()
             if self._rows:
-                self._step()
+                started = time.perf_counter()
+                self._step()  # (its sampling syncs with the device: wall time is the step's time)
+                self.pacer.record_step(time.perf_counter() - started)
             # Every step allocates tensors of new shapes; hand the freed ones back to the OS
             # now and then, or RSS creeps up over days (see qwen_core.memory).
             self.trimmer.maybe_trim()
@@ -143,7 +231,7 @@ class Batcher:
         """The replies to admit now (waiting while there is nothing to do); None once closed."""
         with self._cond:
             trimmed = False
-            while not self._pending and not self._rows:
+            while not self._pending and not self._rows and not self._prefilling and not self._jobs:
                 if self._closed:
                     return None
                 # Idle: trim once as soon as the rate limit allows, then sleep until woken.
@@ -154,99 +242,127 @@ class Batcher:
                 else:
                     self._cond.wait(timeout=due)
             admit = []
-            while self._pending and len(self._rows) + len(admit) < self.max_batch:
+            while self._pending and len(self._rows) + len(self._prefilling) + len(admit) < self.max_batch:
                 admit.append(self._pending.popleft())
             return admit
 
+    def _prefill_some(self) -> None:
+        """Feed queued prompts: all of them while nothing decodes, else ``prefill_chunk`` tokens per step.
+
+        A prompt joining a running batch is fed in chunks between decode steps (what vLLM
+        and SGLang call chunked prefill), so a 4,000-token prompt does not freeze the
+        streams already running for the whole of its prefill.
+        """
+        budget = self.pacer.budget()
+        while self._prefilling:
+            limit = budget if self._rows else None
+            if limit is not None and limit <= 0:
+                return
+            job = self._prefilling[0]
+            fed = self._advance(job, limit)
+            if job.ended:
+                self._prefilling.popleft()
+            if limit is not None:
+                budget -= fed
+
     @torch.inference_mode()
-    def _admit(self, row: _Row) -> None:
-        """Prefill ``row`` alone, pick its first token and merge it into the batch."""
+    def _advance(self, job: _Prefill, limit: int | None) -> int:
+        """Feed up to ``limit`` (None: all) more prompt tokens of ``job``; returns how many were fed.
+
+        Its first call looks the prompt up in the prefix cache; the last one picks the first
+        token, stores the prompt's K/V in the prefix cache and merges the row into the batch.
+        """
+        row = job.row
         if row.cancel.is_set():
+            job.ended = True
             row.finish()
-            return
+            return 0
         try:
             n = len(row.prompt)
-            row.ids = torch.empty((1, n + row.max_new), dtype=torch.long, device=self._device)
-            row.ids[0, :n] = torch.tensor(row.prompt, dtype=torch.long)
-            row.length = n
-            cache = DynamicCache(config=self.model.config)
+            if job.cache is None:
+                self._start_prefill(job)
+            end = n if limit is None else min(n, job.fed + limit)
+            started = time.perf_counter()
             out = self.model(
-                input_ids=row.ids[:, :n],
-                attention_mask=torch.ones((1, n), dtype=torch.long, device=self._device),
-                past_key_values=cache,
+                input_ids=row.ids[:, job.fed : end],
+                attention_mask=torch.ones((1, end), dtype=torch.long, device=self._device),
+                position_ids=torch.arange(job.fed, end, device=self._device)[None, :],
+                past_key_values=job.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            row.alpha = getattr(cache, "qwen_ntk_alphas", (1.0,))[0]
+            fed, job.fed = end - job.fed, end
+            if end < n:
+                if self._device.type == "cuda":
+                    torch.cuda.synchronize(self._device)  # the forward was only queued: time the work
+                self.pacer.record_prefill(fed, time.perf_counter() - started)
+                self.prefill_chunks += 1
+                return fed
+            self.pacer.record_prefill(fed, time.perf_counter() - started)  # (the first token's sync below)
+            job.ended = True
+            layers = job.cache.layers
+            self.prefix.insert(row.prompt, row.alpha, lambda a, b: stack_kv(layers, 0, a, b, self._device))
             if self._take(row, out.logits[:, -1, :]):
                 row.finish()
-                return
-            self._merge(row, out.past_key_values)
+            else:
+                self._merge(row, job.cache)
+            return fed
         except BaseException as exc:  # handed to that reply's reader
             log.debug("prefill failed", exc_info=True)
+            job.ended = True
+            self._out_of_memory(exc)
             row.finish(exc)
+            return 0
+
+    def _start_prefill(self, job: _Prefill) -> None:
+        """Set up ``job``'s row and a cache holding the longest cached prefix of its prompt."""
+        row = job.row
+        n = len(row.prompt)
+        row.ids = torch.empty((1, n + row.max_new), dtype=torch.long, device=self._device)
+        row.ids[0, :n] = torch.tensor(row.prompt, dtype=torch.long)
+        row.length = n
+        # The alpha the original picks for this whole prompt: every chunk, and any reused
+        # prefix, must have been computed under it (see qwen_core.prefix_cache).
+        alphas = getattr(self.model, "prefill_alphas", lambda length: (1.0,))(n)
+        row.alpha = alphas[0]
+        # At least the last token is fed again: its logits give the reply's first token.
+        reused, kv = self.prefix.match(row.prompt, row.alpha, limit=n - 1)
+        cache = DynamicCache(config=self.model.config)
+        for layer, device, (keys, values) in zip(cache.layers, self._layer_devices, kv, strict=False):
+            keys, values = keys.to(device), values.to(device)  # no-op on one device
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values  # fresh copies: the tree is never touched
+        cache.qwen_prompt_alphas = cache.qwen_ntk_alphas = tuple(alphas)
+        job.cache, job.fed = cache, reused
 
     def _take(self, row: _Row, logits: torch.Tensor) -> bool:
         """Choose the row's next token from its logits; True when the row has ended."""
-        scores = row.processors(row.ids[:, : row.length], logits.to(dtype=torch.float32))
-        return self._push(row, int(torch.argmax(scores, dim=-1)))
+        return self._take_all([row], logits)[0]
 
     def _take_all(self, rows: list[_Row], logits: torch.Tensor) -> list[bool]:
-        """``_take`` for every row, running the filters of rows with equal settings as one batch.
-
-        Repetition penalty, temperature, top-k and top-p are row-wise operations, so
-        stacking rows changes no result, but one ``sort`` over 8 rows costs far less
-        than 8 sorts. Each row still draws with its own seeded generator.
-        """
+        """``_take`` for every row: :func:`~qwen_core.sampling.sample_rows` filters rows with equal
+        plans as one tensor (every operation is row-wise, so stacking changes no row's result) and
+        each row draws with its own seeded generator; one device sync per step."""
         if not rows:
             return []
-        logits = logits.to(dtype=torch.float32)
-        groups: dict[tuple, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(row.key, []).append(i)
-        order: list[int] = []
-        picked: list[torch.Tensor] = []
-        for members in groups.values():
-            procs = rows[members[0]].processors
-            shared = [p for p in procs if not isinstance(p, SeededSampler)]
-            ids = (
-                self._history(rows, members)
-                if any(isinstance(p, RepetitionPenaltyLogitsProcessor) for p in procs)
-                else None
-            )
-            scores = logits[members]
-            for proc in shared:
-                scores = proc(ids, scores)
-            if any(isinstance(p, SeededSampler) for p in procs):
-                scores = torch.cat(
-                    [
-                        next(p for p in rows[i].processors if isinstance(p, SeededSampler))(None, scores[j : j + 1])
-                        for j, i in enumerate(members)
-                    ]
-                )
-            order.extend(members)
-            picked.append(torch.argmax(scores, dim=-1))
-        tokens = dict(zip(order, torch.cat(picked).tolist(), strict=True))  # one device sync per step
-        return [self._push(row, tokens[i]) for i, row in enumerate(rows)]
-
-    @staticmethod
-    def _history(rows: list[_Row], members: list[int]) -> torch.Tensor:
-        """Prompt + reply ids of ``members``, left-padded with each row's own first token (a
-        token already in its set, so a repetition penalty sees exactly the row's tokens)."""
-        longest = max(rows[i].length for i in members)
-        out = torch.empty((len(members), longest), dtype=torch.long, device=rows[members[0]].ids.device)
-        for j, i in enumerate(members):
-            row = rows[i]
-            out[j, : longest - row.length] = row.prompt[0]
-            out[j, longest - row.length :] = row.ids[0, : row.length]
-        return out
+        tokens = sample_rows([r.sampler for r in rows], logits.to(dtype=torch.float32), lambda m: _history(rows, m))
+        return [self._push(row, token) for row, token in zip(rows, tokens, strict=True)]
 
     def _push(self, row: _Row, token: int) -> bool:
+        """Append the chosen token and stream it; True when the row has ended."""
+        if token < 0:  # no token allowed (constraint vs. logit_bias / min_tokens): the reply fails
+            row.errors.append(row.sampler.error)
+            return True
         row.ids[0, row.length] = token
         row.length += 1
         row.generated += 1
         row.streamer.put(row.ids[0, row.length - 1 : row.length])
-        return token in self._stops or row.generated >= row.max_new or row.cancel.is_set()
+        return (
+            token in row.sampler.plan.stop_ids
+            or row.sampler.finished
+            or row.generated >= row.max_new
+            or row.cancel.is_set()
+        )
 
     def _merge(self, row: _Row, cache: DynamicCache) -> None:
         new_len = cache.get_seq_length()
@@ -298,6 +414,7 @@ class Batcher:
         gone = set(ended)
         keep = [i for i in range(len(self._rows)) if i not in gone]
         for i in ended:
+            self._store_reply(i)
             self._rows[i].finish()
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
@@ -313,7 +430,35 @@ class Batcher:
             for layer in self._cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
 
+    def _store_reply(self, i: int) -> None:
+        """Put the K/V of row ``i``'s prompt + reply in the prefix cache: the chat's next turn starts with them.
+
+        The row's tokens fill the rightmost columns of the batch cache (rows are left-padded),
+        as many as its mask has ones; the last token chosen was never fed, so it is not there.
+        """
+        if not self.prefix.enabled:
+            return
+        row = self._rows[i]
+        try:
+            valid = int(self._mask[i].sum())
+            offset = self._mask.shape[1] - valid
+            layers = self._cache.layers
+            self.prefix.insert(
+                row.ids[0, :valid].tolist(),
+                row.alpha,
+                lambda a, b: stack_kv(layers, i, offset + a, offset + b, self._device),
+            )
+        except Exception:
+            log.warning("could not store a reply in the prefix cache", exc_info=True)
+
+    def _out_of_memory(self, exc: BaseException) -> None:
+        """Out of device memory: give the prefix cache's memory back before the next reply."""
+        if isinstance(exc, torch.OutOfMemoryError) and self.prefix.bytes:
+            log.warning("out of memory: dropping the prefix cache (%d MB)", self.prefix.bytes // 2**20)
+            self.prefix.clear()
+
     def _fail_all(self, exc: BaseException) -> None:
+        self._out_of_memory(exc)
         rows, self._rows, self._cache, self._mask = self._rows, [], None, None
         for row in rows:
             row.finish(exc)
@@ -322,3 +467,18 @@ class Batcher:
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     """Left-pad the sequence dimension (-2) of a [batch, heads, seq, dim] cache tensor."""
     return F.pad(t, (0, 0, n, 0)) if n else t
+
+
+def _history(rows: list[_Row], members: list[int]) -> torch.Tensor:
+    """Prompt + reply ids of ``members``, left-padded with each row's own first token (a
+    token already in its set, so a repetition penalty sees exactly the row's tokens)."""
+    if len(members) == 1:
+        row = rows[members[0]]
+        return row.ids[:, : row.length]  # a view: nothing to pad
+    longest = max(rows[i].length for i in members)
+    out = torch.empty((len(members), longest), dtype=torch.long, device=rows[members[0]].ids.device)
+    for j, i in enumerate(members):
+        row = rows[i]
+        out[j, : longest - row.length] = row.prompt[0]
+        out[j, longest - row.length :] = row.ids[0, : row.length]
+    return out

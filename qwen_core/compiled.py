@@ -56,12 +56,28 @@ def cache_bucket(needed: int, min_cache: int, context_length: int) -> int:
 @dataclass
 class _Job:
     prompt: list[int]
-    processors: object
+    sampler: object  # a qwen_core.sampling.RowSampler (None: plain greedy, for the warm-up)
     max_new: int
     cancel: threading.Event
     streamer: object
     errors: list
     done: threading.Event = field(default_factory=threading.Event)
+
+
+class _Call:
+    """A function run on the decoder's thread for another thread (e.g. prompt scoring)."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.result, self.error = fn, None, None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class CompiledDecoder:
@@ -94,9 +110,9 @@ class CompiledDecoder:
         self._thread.start()
 
     # --- public -------------------------------------------------------------
-    def submit(self, prompt, processors, max_new: int, cancel, streamer, errors: list) -> threading.Event:
+    def submit(self, prompt, sampler, max_new: int, cancel, streamer, errors: list) -> threading.Event:
         """Queue a reply; the returned event is set once it has ended (after ``streamer.end()``)."""
-        job = _Job(list(prompt), processors, max_new, cancel, streamer, errors)
+        job = _Job(list(prompt), sampler, max_new, cancel, streamer, errors)
         # generate() hands the streamer the prompt first; the streamer skips it.
         streamer.next_tokens_are_prompt = True
         with self._lock:
@@ -105,6 +121,18 @@ class CompiledDecoder:
             self._waiting += 1
         self._jobs.put(job)
         return job.done
+
+    def run_exclusive(self, fn):
+        """Run ``fn()`` on the decoder's thread between replies (never beside a reply's forwards)."""
+        call = _Call(fn)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the model was unloaded")
+        self._jobs.put(call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
 
     def warm_up(self) -> float:
         """Compile the smallest bucket now (a 2-token reply to a 1-token prompt); returns seconds."""
@@ -152,6 +180,9 @@ class CompiledDecoder:
     # --- worker -------------------------------------------------------------
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if isinstance(job, _Call):
+                job.run()
+                continue
             with self._lock:
                 self._waiting -= 1
             try:
@@ -167,7 +198,7 @@ class CompiledDecoder:
 
     def _run(self, job: _Job) -> None:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         from .generation import CancelCriteria
 
@@ -177,11 +208,16 @@ class CompiledDecoder:
         first = bucket not in self.first_reply_seconds
         started = time.perf_counter()
         input_ids = torch.tensor([job.prompt], dtype=torch.long, device=self._device)
+        sampler = job.sampler
+        # The same sampling code as the batch (qwen_core.sampling), as generate's logits processor.
+        processors = sampler.logits_processors() if sampler is not None else LogitsProcessorList()
+        stops = sorted(sampler.plan.stop_ids) if sampler is not None else self._stops
+        criteria = [CancelCriteria(job.cancel), *(sampler.stopping_criteria() if sampler is not None else [])]
         config = GenerationConfig(
             do_sample=False,
             num_beams=1,
             max_new_tokens=max_new,
-            eos_token_id=self._stops,
+            eos_token_id=stops,
             pad_token_id=self._pad,
             use_cache=True,
             compile_config=self._compile_config,
@@ -192,8 +228,8 @@ class CompiledDecoder:
                 attention_mask=torch.ones_like(input_ids),
                 past_key_values=cache,
                 generation_config=config,
-                logits_processor=job.processors,
-                stopping_criteria=StoppingCriteriaList([CancelCriteria(job.cancel)]),
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList(criteria),
                 streamer=job.streamer,
             )
         with self._lock:

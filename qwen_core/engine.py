@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import InputTooLong
-from .generation import ReplyResult, ReplyStream
+from .generation import ReplyResult, ReplyStream, TokenConstraint, TokenLogprob
 from .prompt import DEFAULT_SYSTEM, PromptBuilder, PromptPlan
 from .settings import GenerationSettings
 from .tokenizer import QwenTokenizer
@@ -63,6 +63,8 @@ class Engine:
         self.compile = compile
         self._batcher = None
         self._batcher_lock = threading.Lock()
+        # Batcher keywords (prefix_cache_bytes, prefill_chunk), set by load_engine.
+        self.batch_options: dict = {}
 
     @property
     def batcher(self):
@@ -84,7 +86,7 @@ class Engine:
             )
         from .batching import Batcher
 
-        return Batcher(self.model, self.tokenizer.stop_ids, self.max_batch)
+        return Batcher(self.model, self.tokenizer.stop_ids, self.max_batch, **self.batch_options)
 
     # --- prompts -------------------------------------------------------------
     def plan_prompt(
@@ -117,9 +119,17 @@ class Engine:
         return self.defaults.merged(**gen)
 
     def stream_prompt(
-        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        cancel: threading.Event | None = None,
+        constraint: TokenConstraint | None = None,
     ) -> ReplyStream:
-        """Stream a reply to ready prompt ids (the lowest level every other call goes through)."""
+        """Stream a reply to ready prompt ids (the lowest level every other call goes through).
+
+        ``constraint``: a :class:`~qwen_core.sampling.TokenConstraint` (one per reply) that masks
+        the logits of every step, e.g. to guarantee JSON output.
+        """
         limit = self.info.context_length
         if len(prompt_ids) >= limit:
             raise InputTooLong(
@@ -127,7 +137,9 @@ class Engine:
                 "Shorten the message, or lower max_window_size so fewer past turns are kept."
             )
         max_new = min(settings.max_new_tokens, limit - len(prompt_ids))
-        stream = ReplyStream(self.model, self.tokenizer, prompt_ids, settings, max_new, cancel, self.batcher)
+        stream = ReplyStream(
+            self.model, self.tokenizer, prompt_ids, settings, max_new, cancel, self.batcher, constraint=constraint
+        )
         self.last_result = stream.result
         return stream
 
@@ -139,27 +151,71 @@ class Engine:
         *,
         cancel: threading.Event | None = None,
         system_in_first_turn: bool = False,
+        constraint: TokenConstraint | None = None,
         **gen,
     ) -> ReplyStream:
         """Stream the reply to ``query`` as text pieces.
 
-        ``gen``: do_sample, temperature, top_p, top_k, repetition_penalty,
-        max_new_tokens, seed, max_window_size. The returned stream's ``result``
-        says why it ended, with token counts and speed, once it is exhausted.
+        ``gen``: any :class:`GenerationSettings` field (do_sample, temperature, top_p, top_k,
+        repetition_penalty, max_new_tokens, seed, max_window_size, presence_penalty,
+        frequency_penalty, min_p, logit_bias, min_tokens, ignore_eos, stop_token_ids, logprobs).
+        The returned stream's ``result`` says why it ended, with token counts and speed, once it
+        is exhausted. ``constraint``: see :meth:`stream_prompt`.
         """
         settings = self.settings(**gen)
         plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn)
-        return self.stream_prompt(plan.ids, settings, cancel)
+        if constraint is None:
+            return self.stream_prompt(plan.ids, settings, cancel)
+        return self.stream_prompt(plan.ids, settings, cancel, constraint=constraint)
 
     def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen) -> str:
         """The whole reply, stripped as Qwen's ``chat()`` strips it."""
         with self.stream_chat(query, history, system, **gen) as stream:
             return stream.text().strip()
 
-    def stream_messages(self, messages: Sequence[dict], *, cancel: threading.Event | None = None, **gen) -> ReplyStream:
+    def stream_messages(
+        self,
+        messages: Sequence[dict],
+        *,
+        cancel: threading.Event | None = None,
+        constraint: TokenConstraint | None = None,
+        **gen,
+    ) -> ReplyStream:
         """Stream a reply to OpenAI-style messages (system?, then user/assistant pairs, ending with user)."""
         system, history, query = split_messages(messages)
+        if constraint is not None:  # only when given: a backend without constraints keeps its signature
+            gen["constraint"] = constraint
         return self.stream_chat(query, history, system, cancel=cancel, **gen)
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list[TokenLogprob | None]:
+        """Each prompt token's log-probability given the ones before it (None for the first), with the
+        ``top`` most probable alternatives: exact fp32 ``log_softmax`` of the model's logits under the
+        NTK alpha a prefill of this prompt uses (no temperature, no penalties; the padded vocabulary is
+        excluded, as in sampling). For scoring (``/v1/completions`` with ``echo`` and ``max_tokens: 0``).
+
+        Runs on the decode worker between steps, so it never overlaps a running reply's forward.
+        """
+        if self.model is None:
+            raise NotImplementedError(
+                "prompt log-probabilities (echo with logprobs and max_tokens 0) need a model loaded in this "
+                "process; this engine has none (a remote backend, or the model was unloaded)"
+            )
+        from .scoring import score_prompt
+
+        ids = list(prompt_ids)
+        if not ids:
+            raise ValueError("prompt_logprobs needs at least one token")
+        if len(ids) > self.info.context_length:
+            raise InputTooLong(
+                f"The prompt is {len(ids)} tokens but {self.info.model_id} handles at most {self.info.context_length}."
+            )
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise ValueError(f"top must be an integer between 0 and 20, got {top!r}")
+        job = lambda: score_prompt(self.model, ids, top, len(self.tokenizer))  # noqa: E731
+        worker = self.batcher
+        if worker is None:  # each reply runs its own generate: forwards already run side by side
+            return job()
+        return worker.run_exclusive(job)
 
     def unload_worker(self) -> None:
         """Stop the decode worker after its replies end; the next reply builds a fresh one."""

@@ -4,7 +4,8 @@ The worker is the engine's :class:`~qwen_core.batching.Batcher` (all replies dec
 one batch) or, without one, ``model.generate`` in a thread of its own. Cancellation is
 a ``threading.Event`` read before every token (by the batcher, or by a
 ``StoppingCriteria``); closing the stream sets it and waits for the worker to let go,
-and the worker's exception (if any) is raised to the consumer.
+and the worker's exception (if any) is raised to the consumer. On every path the tokens
+are chosen by the reply's :class:`~qwen_core.sampling.SamplingPlan` (one implementation).
 """
 
 from __future__ import annotations
@@ -18,22 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TemperatureLogitsWarper,
-    TextIteratorStreamer,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import GenerationError
+from .sampling import RowSampler, SamplingPlan, TokenConstraint, TokenLogprob
 from .settings import GenerationSettings
 from .tokenizer import QwenTokenizer
+
+__all__ = ["CancelCriteria", "QwenStreamer", "ReplyResult", "ReplyStream", "TokenConstraint", "TokenLogprob"]
 
 
 @dataclass
@@ -48,6 +41,7 @@ class ReplyResult:
     time_to_first_token_s: float | None = None
     elapsed_s: float = 0.0
     token_ids: list[int] = field(default_factory=list)  # generated ids, the stop token included
+    logprobs: list[TokenLogprob] | None = None  # one per generated token when settings.logprobs was set
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -66,82 +60,6 @@ class CancelCriteria(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class SuppressPaddedVocab(LogitsProcessor):
-    """Never pick the padded vocabulary ids (>= 151851) that no tokenizer can decode."""
-
-    def __init__(self, n_valid: int):
-        self.n_valid = n_valid
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores[:, self.n_valid :] = -float("inf")
-        return scores
-
-
-class TopP(TopPLogitsWarper):
-    """Nucleus filtering that looks at the top few hundred logits instead of sorting the vocabulary.
-
-    Same rule as ``TopPLogitsWarper`` (keep a token while the mass strictly above it is
-    below ``top_p``), but a full sort of Qwen's 151,936 logits costs ~10 ms per row on a
-    CPU, more than a small model's whole decode step. ``topk`` of a few hundred finds the
-    nucleus whenever it is that small (almost always after temperature); otherwise the
-    full sort runs.
-    """
-
-    CANDIDATES = 512
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        k = min(self.CANDIDATES, scores.shape[-1])
-        top, idx = torch.topk(scores, k, dim=-1)
-        probs = torch.exp(top - torch.logsumexp(scores, dim=-1, keepdim=True))
-        above = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
-        if not bool((above[:, -1] >= self.top_p).all()):
-            return super().__call__(input_ids, scores)  # nucleus wider than k: the exact slow path
-        keep = above < self.top_p
-        keep[:, : self.min_tokens_to_keep] = True
-        out = torch.full_like(scores, self.filter_value)
-        return out.scatter_(1, idx, torch.where(keep, top, torch.full_like(top, self.filter_value)))
-
-
-class SeededSampler(LogitsProcessor):
-    """Draws the next token with its own ``torch.Generator`` and leaves only it selectable.
-
-    ``generate`` has no per-call generator; sampling here and letting greedy selection
-    take the drawn token makes seeded replies reproducible even when several replies
-    run at once (the global RNG would interleave them).
-    """
-
-    def __init__(self, seed: int, device: torch.device):
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        out = torch.full_like(scores, -float("inf"))
-        for row in range(scores.shape[0]):
-            # Draw among the tokens top-k/top-p left (a handful), not the whole vocabulary.
-            candidates = torch.nonzero(scores[row] > -float("inf")).squeeze(1)
-            probs = torch.softmax(scores[row, candidates].float(), dim=-1)
-            chosen = candidates[torch.multinomial(probs, num_samples=1, generator=self.generator)]
-            out[row, chosen] = 0.0
-        return out
-
-
-def logits_processors(settings: GenerationSettings, n_valid: int, seed: int, device) -> LogitsProcessorList:
-    """Qwen's order: repetition penalty, then temperature, top-k, top-p, then the draw."""
-    procs = LogitsProcessorList()
-    if settings.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-    procs.append(SuppressPaddedVocab(n_valid))
-    if not settings.greedy:
-        if settings.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(settings.temperature))
-        if settings.top_k > 0:
-            procs.append(TopKLogitsWarper(settings.top_k))
-        if settings.top_p < 1.0:
-            procs.append(TopP(settings.top_p))
-        procs.append(SeededSampler(seed, device))
-    return procs
 
 
 class QwenStreamer(TextIteratorStreamer):
@@ -203,25 +121,27 @@ class ReplyStream(Iterator[str]):
         max_new_tokens: int,
         cancel: threading.Event | None = None,
         batcher=None,
+        constraint: TokenConstraint | None = None,
     ):
         self.cancel_event = cancel or threading.Event()
         self.result = ReplyResult(prompt_tokens=len(prompt_ids))
         self._settings = settings
         self._max_new = max_new_tokens
-        self._streamer = QwenStreamer(tokenizer, tokenizer.stop_ids)
+        seed = settings.seed if settings.seed is not None else secrets.randbits(63)
+        plan = SamplingPlan(settings, seed, len(tokenizer), tokenizer.stop_ids)  # checks logit_bias ids
+        device = model.get_input_embeddings().weight.device
+        self._sampler = RowSampler(plan, device, constraint)
+        self._streamer = QwenStreamer(tokenizer, plan.stop_ids)
         self._pieces: list[str] = []
         self._done = False
         self._started = time.perf_counter()
-        seed = settings.seed if settings.seed is not None else secrets.randbits(63)
         self.result.seed = None if settings.greedy else seed
-        device = model.get_input_embeddings().weight.device
-        processors = logits_processors(settings, len(tokenizer), seed, device)
         self._errors: list[BaseException] = []
         self._thread: threading.Thread | None = None
         if batcher is not None:
             self._streamer.next_tokens_are_prompt = False  # the batcher puts generated tokens only
             self.worker_ended = batcher.submit(
-                prompt_ids, processors, max_new_tokens, self.cancel_event, self._streamer, self._errors
+                prompt_ids, self._sampler, max_new_tokens, self.cancel_event, self._streamer, self._errors
             )
             return
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -229,15 +149,17 @@ class ReplyStream(Iterator[str]):
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             generation_config=GenerationConfig(
-                do_sample=False,
+                do_sample=False,  # the sampler draws; greedy search takes its pick
                 num_beams=1,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=list(tokenizer.stop_ids),
+                eos_token_id=sorted(plan.stop_ids),
                 pad_token_id=tokenizer.eod_id,
                 use_cache=True,
             ),
-            logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([CancelCriteria(self.cancel_event)]),
+            logits_processor=self._sampler.logits_processors(),
+            stopping_criteria=StoppingCriteriaList(
+                [CancelCriteria(self.cancel_event), *self._sampler.stopping_criteria()]
+            ),
             streamer=self._streamer,
         )
         # The worker gets no reference to this object, so an abandoned stream is
@@ -278,6 +200,8 @@ class ReplyStream(Iterator[str]):
         res.text = "".join(self._pieces)
         res.token_ids = streamer.token_ids
         res.completion_tokens = len(streamer.token_ids)
+        if self._settings.logprobs is not None:
+            res.logprobs = self.logprobs
         res.elapsed_s = time.perf_counter() - self._started
         if streamer.first_token_at is not None:
             res.time_to_first_token_s = streamer.first_token_at - self._started
@@ -288,8 +212,8 @@ class ReplyStream(Iterator[str]):
             if friendly is error:
                 raise error
             raise friendly from error
-        if streamer.stopped_on is not None:
-            res.finish_reason = "stop"
+        if streamer.stopped_on is not None or self._sampler.finished:
+            res.finish_reason = "stop"  # a stop token, or the constraint's text is complete
         elif self.cancel_event.is_set():
             res.finish_reason = "cancelled"
         else:
@@ -311,6 +235,11 @@ class ReplyStream(Iterator[str]):
                 out.append(value)
         self._pieces.extend(out)
         return out
+
+    @property
+    def logprobs(self) -> list[TokenLogprob]:
+        """One entry per generated token so far (empty unless ``settings.logprobs`` is set); grows while streaming."""
+        return self._sampler.logprobs
 
     @property
     def tokens_so_far(self) -> int:

@@ -31,6 +31,8 @@ def load_engine(
     progress: Callable[[float, str], None] | None = None,
     max_batch: int = 16,
     compile: bool | CompileSettings = False,
+    prefix_cache_mb: float | None = None,
+    prefill_chunk: int = 512,
 ) -> Engine:
     """Load a Qwen-1 chat checkpoint onto transformers' Qwen2 implementation.
 
@@ -44,7 +46,12 @@ def load_engine(
     time through a static KV cache and ``torch.compile`` (CUDA graphs on a GPU), the fastest
     single stream; compiled at load. Where it cannot be had (GPTQ weights, a failed compile)
     the engine falls back to ``max_batch`` and says why in ``info.decode``.
+    ``prefix_cache_mb``: memory for the batch's prefix cache (K/V reused across chat turns;
+    None: 4 GB on CPU, at most a quarter of the free RAM; 20% of the free GPU memory on
+    CUDA; 0: off). ``prefill_chunk``: most tokens of a joining prompt prefilled per decode
+    step while other replies run, paced to about one step's time (0: whole prompts at once).
     """
+    _batch_options(prefix_cache_mb, prefill_chunk, "cpu")  # bad values are refused before any weight is read
     report = progress or (lambda fraction, message: None)
     started = time.perf_counter()
     report(0.0, f"Locating {model}")
@@ -74,9 +81,25 @@ def load_engine(
         decode="batched" if max_batch else "eager",
     )
     engine = Engine(hf_model, tokenizer, defaults, info, max_batch=max_batch)
+    engine.batch_options = _batch_options(prefix_cache_mb, prefill_chunk, placement.device)
     if compile:
         _enable_compile(engine, compile if isinstance(compile, CompileSettings) else CompileSettings(), report)
     return engine
+
+
+def _batch_options(prefix_cache_mb: float | None, prefill_chunk: int, device: str) -> dict:
+    """The Batcher's prefix-cache bound (bytes) and prefill chunk, checked."""
+    if prefix_cache_mb is not None and not 0 <= prefix_cache_mb <= 2**20:
+        raise ValueError("prefix_cache_mb must be between 0 (off) and 1048576 (1 TB)")
+    if not 0 <= prefill_chunk <= 1_000_000:
+        raise ValueError("prefill_chunk must be 0 (whole prompts) or a number of tokens up to 1000000")
+    if prefix_cache_mb is None:
+        from .prefix_cache import default_capacity_bytes
+
+        capacity = default_capacity_bytes(device)
+    else:
+        capacity = int(prefix_cache_mb * 2**20)
+    return {"prefix_cache_bytes": capacity, "prefill_chunk": prefill_chunk}
 
 
 def _enable_compile(engine: Engine, settings: CompileSettings, report) -> None:

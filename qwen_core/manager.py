@@ -105,7 +105,18 @@ class ModelManager:
             "context_length": info.context_length,
             "params_b": round(info.n_params / 1e9, 3),
             "memory": memory_in_use(),
+            "prefix_cache": _prefix_cache_line(engine),
         }
+
+
+def _prefix_cache_line(engine) -> str | None:
+    """The Model tab's prefix-cache line (hit rate, tokens reused, bytes), or None without a local decoder."""
+    batcher = getattr(engine, "batcher", None)
+    if batcher is None:
+        return None
+    from .prefix_cache import describe
+
+    return describe(batcher.stats().get("prefix_cache"))
 
 
 def memory_in_use() -> dict:

@@ -256,6 +256,13 @@ class QwenV1ForCausalLM(Qwen2ForCausalLM):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if past:
             return getattr(past_key_values, "qwen_ntk_alphas", self._last_alphas)
+        # A prompt prefilled in pieces (chunked prefill) must use the WHOLE prompt's alpha
+        # from its first piece on, as the original's one prefill would: the caller puts it
+        # on the empty cache (see qwen_core.batching).
+        fixed = getattr(past_key_values, "qwen_prompt_alphas", None)
+        if fixed is not None:
+            past_key_values.qwen_ntk_alphas = self._last_alphas = tuple(fixed)
+            return tuple(fixed)
         source = input_ids if input_ids is not None else inputs_embeds
         batch, length = source.shape[0], source.shape[1]
         if length <= cfg.qwen_seq_length:

@@ -135,3 +135,44 @@ def test_more_replies_than_rows_wait_their_turn(long_ckpt_dir, alone):
     assert two_rows.batcher.max_rows_seen == 2
     for (q, h), s, g in zip(PROMPTS, SETTINGS, got, strict=True):
         assert g.text == alone.stream_chat(q, h, max_new_tokens=12, **s).text()
+
+
+# New sampling parameters (qwen_core.sampling), mixed in one batch: rows with equal plans filter
+# together, rows with logprobs, penalties, biases or stop rules of their own beside them.
+MIXED = [
+    dict(do_sample=False, presence_penalty=1.0, logprobs=3),
+    dict(do_sample=True, seed=7, top_k=6, min_p=0.2, frequency_penalty=0.5),
+    dict(do_sample=False, logit_bias={220: 3.0}, stop_token_ids=[13]),
+    dict(do_sample=True, seed=7, top_k=6, min_p=0.2, frequency_penalty=0.5, logprobs=1),
+    dict(do_sample=False, ignore_eos=True, min_tokens=4, repetition_penalty=1.0),
+    dict(do_sample=False, presence_penalty=1.0),
+]
+
+
+def test_new_sampling_parameters_mixed_in_one_batch_equal_alone(alone, batched):
+    def run(engine, i):
+        query, history = PROMPTS[i]
+        with engine.stream_chat(query, history, max_new_tokens=30, **MIXED[i]) as stream:
+            stream.text()
+            return stream.result
+
+    want = [run(alone, i) for i in range(len(MIXED))]
+    got: list = [None] * len(MIXED)
+    start = threading.Barrier(len(MIXED))
+
+    def worker(i: int) -> None:
+        start.wait()
+        got[i] = run(batched, i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(MIXED))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        assert g is not None and g.token_ids == w.token_ids, f"row {i} differs when batched"
+        assert g.text == w.text and g.finish_reason == w.finish_reason
+        assert (g.logprobs is None) == (w.logprobs is None) == (MIXED[i].get("logprobs") is None)
+        for a, b in zip(g.logprobs or [], w.logprobs or [], strict=True):
+            assert a.token_id == b.token_id and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+            assert [t for t, _ in a.top] == [t for t, _ in b.top]

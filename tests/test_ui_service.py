@@ -334,3 +334,18 @@ def test_persona_example_dialogue_leads_the_history(service, engine):
     small = service.context(store, "Translate.", "", 30, examples=examples)
     assert small.dropped_turns[0] == 0  # the example turn is dropped first
     assert small.dropped_messages == [i for t in small.dropped_turns[1:] for i in (0, 1)]
+
+
+def test_model_tab_shows_the_prefix_cache(service):
+    """#14 item 3: the Model tab says how much the prefix cache saved (hit rate, tokens reused, bytes)."""
+    from ui.handlers import Handlers
+
+    store = service.add_user_message(empty_store(), "Hello there")
+    _reply(service, store, do_sample=False, max_new_tokens=4)
+    service.regenerate(store)
+    _reply(service, store, do_sample=False, max_new_tokens=4)  # the same prompt again: a hit
+    text = Handlers(service).model_status()
+    assert "Prefix cache:" in text
+    stats = service.manager.engine.batcher.stats()["prefix_cache"]
+    assert stats["hits"] >= 1 and f"{stats['tokens_reused']:,} tokens reused" in text
+    assert service.manager.status()["prefix_cache"] in text

@@ -350,7 +350,8 @@ class Handlers(PersonaHandlers):
             f"**{s['model']}** — {s['precision']} ({s['dtype']}), {s['params_b']} B parameters  \n"
             f"device: {s['device']} ({devices}) · attention: {s['attention']} · decode: {s.get('decode', 'eager')} "
             f"· context {s['context_length']:,} tokens  \n"
-            f"memory: process {mem['rss_gb']} GB{' · ' + gpu if gpu else ''}{switch}"
+            f"memory: process {mem['rss_gb']} GB{' · ' + gpu if gpu else ''}"
+            f"{'  ' + chr(10) + s['prefix_cache'] if s.get('prefix_cache') else ''}{switch}"
         )
 
     def model_choices(self, request: gr.Request | None = None):

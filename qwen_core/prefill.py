@@ -1,0 +1,46 @@
+"""Pieces of the decode worker's prefill: pacing chunked prefill, and reading one row's K/V out of a cache."""
+
+from __future__ import annotations
+
+import torch
+
+MIN_CHUNK = 16  # a paced chunk is never smaller (tiny chunks waste the prefill's matmul efficiency)
+
+
+class PrefillPacer:
+    """How many prompt tokens one loop turn may prefill while other rows decode.
+
+    At most ``max_tokens``, and about ``share`` decode steps' worth of time, from running
+    averages of the decode step's and a prefilled token's seconds: a running stream's gap
+    while a long prompt joins stays near ``(1 + share)`` steps on any device (a CPU
+    prefills a handful of tokens in one step's time, a GPU hundreds).
+    """
+
+    def __init__(self, max_tokens: int, share: float):
+        self.max_tokens, self.share = max_tokens, share
+        self.step_s: float | None = None
+        self.token_s: float | None = None
+
+    def budget(self) -> int | None:
+        """Tokens for this turn; None: whole prompts (chunking off)."""
+        if not self.max_tokens:
+            return None
+        if not self.share or self.step_s is None or self.token_s is None:
+            return self.max_tokens
+        fit = int(self.share * self.step_s / self.token_s)
+        return max(min(self.max_tokens, MIN_CHUNK), min(self.max_tokens, fit))
+
+    def record_step(self, seconds: float) -> None:
+        self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
+
+    def record_prefill(self, tokens: int, seconds: float) -> None:
+        per = seconds / max(1, tokens)
+        self.token_s = per if self.token_s is None else 0.7 * self.token_s + 0.3 * per
+
+
+def stack_kv(layers, row: int, start: int, end: int, device: torch.device) -> torch.Tensor:
+    """Row ``row``'s keys and values of columns ``start:end``, all layers, on ``device``:
+    [layers, 2, heads, end - start, dim]."""
+    return torch.stack(
+        [torch.stack((layer.keys[row, :, start:end], layer.values[row, :, start:end])).to(device) for layer in layers]
+    )

@@ -1,0 +1,132 @@
+"""Chunked prefill: a prompt fed in pieces gives exactly what one prefill gives.
+
+Qwen-1's dynamic-NTK alpha is chosen from the WHOLE prompt's length at prefill; every
+chunk must rotate under that alpha, not under its own length (checked against the
+independent reference forward, inside and past the 16-token trained context of
+``long_ckpt_dir``). Then through the batcher: a long prompt that joins a running batch
+is prefilled in chunks between decode steps, and every reply still equals the
+per-request ``generate`` reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_qwen1 import ReferenceQwen1
+from transformers import DynamicCache
+
+from qwen_core import load_engine
+
+TOL = 1e-3
+
+
+def _chunked_logits(model, ids: list[int], chunk: int, whole_prompt_alpha: bool = True) -> torch.Tensor:
+    """Logits [len(ids), vocab] of ``ids`` fed ``chunk`` tokens at a time through one cache."""
+    cache = DynamicCache(config=model.config)
+    if whole_prompt_alpha:
+        cache.qwen_prompt_alphas = model.prefill_alphas(len(ids))
+    pieces = []
+    with torch.no_grad():
+        for start in range(0, len(ids), chunk):
+            end = min(len(ids), start + chunk)
+            out = model(
+                input_ids=torch.tensor([ids[start:end]]),
+                attention_mask=torch.ones((1, end), dtype=torch.long),
+                position_ids=torch.arange(start, end)[None, :],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            pieces.append(out.logits[0].float())
+    return torch.cat(pieces)
+
+
+@pytest.mark.parametrize("n,chunk", [(12, 5), (40, 7), (100, 16), (100, 33)])
+def test_chunks_use_the_whole_prompts_alpha(long_engine, long_ckpt_dir, n, chunk):
+    ref = ReferenceQwen1(long_ckpt_dir)
+    ids = [(i * 7919) % 150000 for i in range(n)]
+    want = ref.logits(ids)  # alpha from all n tokens, LogN by position
+    got = _chunked_logits(long_engine.model, ids, chunk)
+    assert (got - want).abs().max().item() < TOL
+    if n > 16 and chunk < n:  # past the trained context: a chunk's own length would pick another alpha
+        wrong = _chunked_logits(long_engine.model, ids, chunk, whole_prompt_alpha=False)
+        assert (wrong[-1] - want[-1]).abs().max().item() > 10 * TOL
+
+
+def test_chunks_inside_the_trained_context(engine, ckpt_dir):
+    ids = list(range(3000, 3064))
+    want = ReferenceQwen1(ckpt_dir).logits(ids)
+    assert (_chunked_logits(engine.model, ids, 10) - want).abs().max().item() < TOL
+
+
+@pytest.fixture(scope="module", params=["ckpt_dir", "long_ckpt_dir"])
+def pair(request) -> dict:
+    folder = request.getfixturevalue(request.param)
+    return {
+        # Tiny chunks so every prompt here is cut in several; the prefix cache off to see chunking alone.
+        "chunked": load_engine(str(folder), device="cpu", max_batch=4, prefill_chunk=6, prefix_cache_mb=0),
+        "cached": load_engine(str(folder), device="cpu", max_batch=4, prefill_chunk=6, prefix_cache_mb=16),
+        "alone": load_engine(str(folder), device="cpu", max_batch=0),
+    }
+
+
+def _tokens(engine, query, history=(), **settings) -> list[int]:
+    with engine.stream_chat(query, list(history), **settings) as stream:
+        stream.text()
+        return stream.result.token_ids
+
+
+@pytest.mark.parametrize("which", ["chunked", "cached"])
+def test_a_long_prompt_joining_a_running_batch_is_prefilled_in_chunks_and_exact(pair, which):
+    engine, alone = pair[which], pair["alone"]
+    running_q = "Keep talking about the sea"
+    joining_q = "Summarise this: " + "the quick brown fox jumps over the lazy dog, " * 6
+    history = [("Hello", "Hi! How can I help?")]
+    sampled = dict(do_sample=True, seed=13, top_k=5, temperature=0.9)
+    want_running = _tokens(alone, running_q, max_new_tokens=120, do_sample=False)
+    want_joining = _tokens(alone, joining_q, history, max_new_tokens=16, **sampled)
+    chunks = engine.batcher.stats()["prefill_chunks"]
+    reused = engine.batcher.stats()["prefix_cache"]["tokens_reused"]
+    runner = engine.stream_chat(running_q, max_new_tokens=120, do_sample=False)
+    next(runner)  # decoding now: the next prompt joins a running batch
+    got_joining = _tokens(engine, joining_q, history, max_new_tokens=16, **sampled)
+    runner.text()
+    assert runner.result.token_ids == want_running
+    assert got_joining == want_joining
+    stats = engine.batcher.stats()
+    fed = len(engine.build_prompt(joining_q, history)) - (stats["prefix_cache"]["tokens_reused"] - reused)
+    assert fed > 60 and stats["prefill_chunks"] - chunks >= fed // 6 - 1, "the prompt was not chunked"
+    if which == "cached":  # the same prompt again: only its last token is fed, then the rest is decode
+        assert _tokens(engine, joining_q, history, max_new_tokens=16, **sampled) == want_joining
+
+
+def test_a_cancelled_prompt_leaves_the_prefill_queue(pair):
+    engine = pair["chunked"]
+    runner = engine.stream_chat("Go on", max_new_tokens=60, do_sample=False)
+    next(runner)
+    victim = engine.stream_chat("A long question " * 30, max_new_tokens=20, do_sample=False)
+    victim.close()
+    runner.text()
+    assert victim.result.finish_reason == "cancelled"
+    assert victim.worker_ended.wait(30)
+    stats = engine.batcher.stats()
+    assert stats["prefilling"] == stats["pending"] == 0
+    assert _tokens(engine, "Hi", max_new_tokens=5, do_sample=False)  # still serving
+
+
+def test_chunks_are_paced_to_about_one_decode_step():
+    from qwen_core.prefill import MIN_CHUNK, PrefillPacer
+
+    pacer = PrefillPacer(max_tokens=512, share=1.0)
+    assert pacer.budget() == 512  # nothing measured yet: the token cap
+    pacer.record_step(0.050)
+    pacer.record_prefill(100, 0.100)  # 1 ms a token: 50 tokens fit in one 50 ms step
+    assert pacer.budget() == 50
+    pacer.record_step(0.050)
+    pacer.record_prefill(10, 0.100)  # slower now (10 ms a token, a long history to attend to)
+    assert MIN_CHUNK <= pacer.budget() < 50
+    assert PrefillPacer(max_tokens=6, share=1.0).budget() == 6  # a cap below MIN_CHUNK is kept
+    assert PrefillPacer(max_tokens=0, share=1.0).budget() is None  # chunking off: whole prompts
+    fast = PrefillPacer(max_tokens=512, share=1.0)
+    fast.record_step(0.010)
+    fast.record_prefill(1000, 0.001)  # a GPU-like prefill: the token cap applies
+    assert fast.budget() == 512
