@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -318,5 +319,13 @@ def test_async_admission_shares_the_queue_with_sync_acquire_and_leaves_it_when_c
         async with sched.admit("d"):  # the context manager form gives its slot back on exit
             assert sched.stats()["active"] == 1
 
-    asyncio.run(scenario())
+    _run_async(scenario())
     assert sched.stats() == {"active": 0, "waiting": 0, "max_concurrent": 1}
+
+
+def _run_async(coro):
+    """asyncio.run in a thread of its own: the browser tests' Playwright may leave a loop running in this one."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -319,7 +319,7 @@ async def _flood_and_probe(url: str, n: int = 48) -> tuple[list[int], list[tuple
 
 
 def test_a_flood_of_wrong_passwords_leaves_the_server_answering(auth_app):
-    statuses, probes = asyncio.run(_flood_and_probe(auth_app.url))
+    statuses, probes = _run_async(_flood_and_probe(auth_app.url))
     assert set(statuses) <= {401, 429} and statuses.count(401) <= 5 and 429 in statuses
     assert len(probes) >= 3 and all(s == 200 for s, _ in probes)
     assert max(t for _, t in probes) < 2.0, probes  # correctness bound; figures: bench/auth_flood.py
@@ -332,7 +332,7 @@ def test_a_flood_of_wrong_passwords_leaves_the_server_answering(auth_app):
         assert c.get("/v1/models", headers=_basic(USER, PASSWORD)).status_code == 200
         assert c.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 200
     # Many right logins at once (a team arriving, from one proxy address) queue for the hash; none is throttled.
-    assert asyncio.run(_logins_at_once(auth_app.url, 12)) == [200] * 12
+    assert _run_async(_logins_at_once(auth_app.url, 12)) == [200] * 12
 
 
 async def _logins_at_once(url: str, n: int) -> list[int]:
@@ -407,3 +407,11 @@ def test_readyz_shows_no_server_paths(open_app, ckpt_dir):
     assert status["loaded"] and status["model"] == Path(ckpt_dir).name
     for secret in (str(ckpt_dir), str(open_app.data_dir), str(Path(ckpt_dir).parent)):
         assert secret not in text
+
+
+def _run_async(coro):
+    """asyncio.run in a thread of its own: the browser tests' Playwright may leave a loop running in this one."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
