@@ -79,7 +79,13 @@ def test_seeded_sampling_is_reproducible_and_equal_to_the_batched_engine(compile
     kw = dict(seed=1234, temperature=0.9, top_p=0.9, max_new_tokens=20)
     first = compiled.chat("Name three colours.", **kw)
     assert compiled.chat("Name three colours.", **kw) == first
-    assert long_engine.chat("Name three colours.", **kw) == first
+    # A batch engine of its own, cache off: the shared fixture's prefix cache may hold this system
+    # prompt from earlier tests, and a K/V reused from a prefill of another length differs in the
+    # last float bits, which a draw on this random model's flat distribution can turn into another token.
+    from qwen_core import load_engine
+
+    plain = load_engine(long_engine.info.path, precision="fp32", device="cpu", prefix_cache_mb=0)
+    assert plain.chat("Name three colours.", **kw) == first
 
 
 def test_cancel_mid_stream_and_while_queued(compiled):
