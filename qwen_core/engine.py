@@ -7,36 +7,26 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from .backend import PromptSide
+from .backend import split_messages as split_messages  # moved to the torch-free contract module
 from .errors import InputTooLong
 from .generation import ReplyResult, ReplyStream, TokenConstraint, TokenLogprob
-from .prompt import DEFAULT_SYSTEM, PromptBuilder, PromptPlan
+from .info import EngineInfo as EngineInfo  # moved to the torch-free module; re-exported for old imports
+from .prompt import PromptBuilder
 from .settings import GenerationSettings
 from .tokenizer import QwenTokenizer
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    """What is loaded, for the model panel and health endpoints."""
+class Engine(PromptSide):
+    """A loaded model. Build it with :func:`qwen_core.load_engine`.
 
-    model_id: str
-    path: str
-    precision: str
-    dtype: str
-    device: str
-    device_map: dict
-    attn_implementation: str
-    n_params: int
-    weight_bytes: int
-    context_length: int  # longest prompt + reply the model handles
-    seq_length: int  # trained context
-    load_seconds: float
-    decode: str = "eager"  # "batched", "eager", or "compiled (<backend>, <mode>)"
+    Implements :class:`~qwen_core.backend.Backend`; the prompt side (``plan_prompt``, ``build_prompt``,
+    ``count_tokens``, ``settings``, ``stream_messages``, ``chat``) is :class:`~qwen_core.backend.PromptSide`.
+    """
 
-
-class Engine:
-    """A loaded model. Build it with :func:`qwen_core.load_engine`."""
+    supports_constraints = True
+    supports_prompt_logprobs = True
 
     def __init__(
         self,
@@ -88,36 +78,7 @@ class Engine:
 
         return Batcher(self.model, self.tokenizer.stop_ids, self.max_batch, **self.batch_options)
 
-    # --- prompts -------------------------------------------------------------
-    def plan_prompt(
-        self,
-        query: str,
-        history: Sequence | None = None,
-        system: str | None = None,
-        max_window_size: int | None = None,
-        system_in_first_turn: bool = False,
-    ) -> PromptPlan:
-        """The prompt for ``query`` with what it keeps and drops (see :class:`PromptPlan`)."""
-        window = self.defaults.max_window_size if max_window_size is None else max_window_size
-        return self.prompts.plan(
-            query, history, DEFAULT_SYSTEM if system is None else system, window, system_in_first_turn
-        )
-
-    def build_prompt(
-        self, query: str, history: Sequence | None = None, system: str | None = None, max_window_size: int | None = None
-    ) -> list[int]:
-        """Token ids of Qwen's ChatML prompt, identical to the original ``make_context``."""
-        return self.plan_prompt(query, history, system, max_window_size).ids
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` takes as message content."""
-        return len(self.tokenizer.encode(text))
-
     # --- generation ----------------------------------------------------------
-    def settings(self, **gen) -> GenerationSettings:
-        """The checkpoint's defaults with ``gen`` applied and checked."""
-        return self.defaults.merged(**gen)
-
     def stream_prompt(
         self,
         prompt_ids: list[int],
@@ -167,25 +128,6 @@ class Engine:
         if constraint is None:
             return self.stream_prompt(plan.ids, settings, cancel)
         return self.stream_prompt(plan.ids, settings, cancel, constraint=constraint)
-
-    def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen) -> str:
-        """The whole reply, stripped as Qwen's ``chat()`` strips it."""
-        with self.stream_chat(query, history, system, **gen) as stream:
-            return stream.text().strip()
-
-    def stream_messages(
-        self,
-        messages: Sequence[dict],
-        *,
-        cancel: threading.Event | None = None,
-        constraint: TokenConstraint | None = None,
-        **gen,
-    ) -> ReplyStream:
-        """Stream a reply to OpenAI-style messages (system?, then user/assistant pairs, ending with user)."""
-        system, history, query = split_messages(messages)
-        if constraint is not None:  # only when given: a backend without constraints keeps its signature
-            gen["constraint"] = constraint
-        return self.stream_chat(query, history, system, cancel=cancel, **gen)
 
     def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list[TokenLogprob | None]:
         """Each prompt token's log-probability given the ones before it (None for the first), with the
@@ -237,36 +179,3 @@ class Engine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def split_messages(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str]:
-    """``[{"role", "content"}, ...]`` → (system, history pairs, query), checking the order of roles."""
-    msgs = list(messages)
-    system = DEFAULT_SYSTEM
-    if msgs and msgs[0].get("role") == "system":
-        system = str(msgs.pop(0).get("content") or "")
-    if not msgs or msgs[-1].get("role") != "user":
-        raise ValueError("the last message must come from the user")
-    *past, last = msgs
-    history: list[tuple[str, str]] = []
-    pending: str | None = None
-    for i, msg in enumerate(past):
-        role, content = msg.get("role"), msg.get("content")
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be text")
-        if role == "user":
-            if pending is not None:  # two user turns in a row: join them, as a person would read them
-                pending += "\n\n" + content
-            else:
-                pending = content
-        elif role == "assistant":
-            history.append((pending or "", content))
-            pending = None
-        else:
-            raise ValueError(f"messages[{i}].role must be 'user' or 'assistant' (a system message may only come first)")
-    query = last.get("content")
-    if not isinstance(query, str):
-        raise ValueError("the last message's content must be text")
-    if pending is not None:
-        query = pending + "\n\n" + query
-    return system, history, query

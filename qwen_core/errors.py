@@ -25,3 +25,11 @@ class InputTooLong(QwenCoreError):
 
 class GenerationError(QwenCoreError):
     """Generation failed in the worker (e.g. out of memory); the engine stays usable."""
+
+
+class BackendUnavailable(QwenCoreError):
+    """No server can take the request now (every remote endpoint down); retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 30.0):
+        super().__init__(message)
+        self.retry_after = float(retry_after)

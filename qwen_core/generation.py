@@ -16,40 +16,17 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import GenerationError
+from .info import ReplyResult as ReplyResult  # moved to the torch-free module; re-exported
 from .sampling import RowSampler, SamplingPlan, TokenConstraint, TokenLogprob
 from .settings import GenerationSettings
 from .tokenizer import QwenTokenizer
 
 __all__ = ["CancelCriteria", "QwenStreamer", "ReplyResult", "ReplyStream", "TokenConstraint", "TokenLogprob"]
-
-
-@dataclass
-class ReplyResult:
-    """How a finished reply ended and what it cost."""
-
-    text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seed: int | None = None
-    time_to_first_token_s: float | None = None
-    elapsed_s: float = 0.0
-    token_ids: list[int] = field(default_factory=list)  # generated ids, the stop token included
-    logprobs: list[TokenLogprob] | None = None  # one per generated token when settings.logprobs was set
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        """Decode speed after the first token."""
-        if self.time_to_first_token_s is None or self.completion_tokens < 2:
-            return None
-        decode = self.elapsed_s - self.time_to_first_token_s
-        return (self.completion_tokens - 1) / decode if decode > 0 else None
 
 
 class CancelCriteria(StoppingCriteria):

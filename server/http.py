@@ -130,7 +130,14 @@ def create_app(
         batcher = getattr(manager.engine, "batcher", None)
         if batcher is not None:  # the local engine's shared decode batch
             status["batch"] = batcher.stats()
-        return JSONResponse(status, status_code=200 if status.get("loaded") else 503)
+        ready = bool(status.get("loaded"))
+        live_endpoints = getattr(manager.engine, "live_endpoints", None)
+        if ready and live_endpoints is not None:  # remote backend: ready only while a server answers
+            total = len(manager.engine.endpoints)
+            live = live_endpoints()
+            status["endpoints"] = {"live": live, "total": total}  # counts only: no internal URLs here
+            ready = live > 0
+        return JSONResponse(status, status_code=200 if ready else 503)
 
     if auth.enabled:  # registered before the mount, so this /login answers, not Gradio's
         _add_login(app, auth, lambda: app.state.gradio_app)

@@ -20,6 +20,8 @@ from remote_fixtures import ServeProcess, build_hf_tokenizer, write_served_check
 from server_process import free_port, free_ports
 
 from qwen_core import GenerationError, InputTooLong, QwenCoreError
+from qwen_core.backend import Backend
+from qwen_core.engine import Engine
 from qwen_core.generation import ReplyResult
 from qwen_core.manager import ModelManager, ModelSpec
 from qwen_core.remote import (
@@ -189,7 +191,9 @@ def test_all_endpoints_down_at_start(ckpt_dir):
 
 
 def test_engine_surface(remote, main, ckpt_dir):
-    assert isinstance(remote, RemoteEngine) and remote.model is None
+    # The contract, not the local engine: no model attribute, no Engine base (tests/test_backend_contract.py).
+    assert isinstance(remote, RemoteEngine) and isinstance(remote, Backend) and not isinstance(remote, Engine)
+    assert not hasattr(remote, "model")
     info = remote.info
     assert info.precision == "remote" and info.device == main.url and info.context_length == 8192
     assert info.decode == "remote (the servers decode)"

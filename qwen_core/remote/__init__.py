@@ -1,7 +1,10 @@
 """The remote backend: the app as a front end to OpenAI-compatible inference servers.
 
-:class:`RemoteEngine` has the public API of :class:`~qwen_core.engine.Engine` (it is a
-subclass with ``model = None``), so the UI and the HTTP API use it unchanged. The
+:class:`RemoteEngine` implements the backend contract (:class:`~qwen_core.backend.Backend`) that the
+local :class:`~qwen_core.engine.Engine` implements too, so the UI and the HTTP API use it unchanged; it
+shares only the torch-free prompt side with it (importing this package loads no torch). Its servers are
+an :class:`~qwen_core.remote.pool.EndpointPool` (health checks, round robin, cool-down, probing); its
+reply streams get the pool and the request, never the engine. The
 tokenizer, the prompt builder and the context meter stay local and exact: every prompt
 is built by :class:`~qwen_core.prompt.PromptBuilder`, window truncation included. Only
 the forward passes happen on the servers.
@@ -59,6 +62,7 @@ that sends only keep-alive comments (``: ping``) and no tokens for ``timeout`` s
 
 from .client import RemoteEngine
 from .loading import load_remote_engine, remote_loader
+from .pool import EndpointPool
 from .protocol import (
     APIS,
     DEFAULT_CONTEXT,
@@ -93,6 +97,7 @@ __all__ = [
     "QWEN_PADDED_VOCAB",
     "STOP_TEXTS",
     "Endpoint",
+    "EndpointPool",
     "EndpointsUnavailable",
     "RemoteEngine",
     "RemoteProtocolMismatch",

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..engine import EngineInfo
 from ..errors import QwenCoreError
+from ..info import EngineInfo
 from ..settings import GenerationSettings
 from ..tokenizer import VOCAB_FILE, QwenTokenizer
 from .client import RemoteEngine

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ..errors import QwenCoreError
+from ..errors import BackendUnavailable, QwenCoreError
 from ..prompt import DEFAULT_SYSTEM, PromptPlan, normalize_history
 from ..settings import GenerationSettings
+from ..stops import StopMatcher
 from ..tokenizer import ENDOFTEXT, IM_END, IM_START, escape_special_text
 
 DEFAULT_CONTEXT = 8192  # used when no server reports its model's max length
@@ -39,7 +40,7 @@ _FINISH = {
 }
 
 
-class EndpointsUnavailable(QwenCoreError):
+class EndpointsUnavailable(BackendUnavailable):
     """No configured endpoint could take the request; the message names each and why."""
 
 
@@ -211,34 +212,12 @@ def build_body(
 # --- replies --------------------------------------------------------------------------
 
 
-class _StopScanner:
-    """Cuts the text at the first stop-token *text* a server let through, holding back possible prefixes."""
+class _StopScanner(StopMatcher):
+    """Cuts the text at the first stop-token *text* a server let through (the one stop matcher, with
+    Qwen's ChatML stop texts by default)."""
 
     def __init__(self, stops: Sequence[str] = STOP_TEXTS):
-        self.stops = tuple(stops)
-        self.buffer = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """Text safe to show now; sets ``stopped`` once a stop text appears."""
-        self.buffer += text
-        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.buffer, self.stopped = self.buffer[:cut], "", True
-            return out
-        hold = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.buffer)), 0, -1):
-                if self.buffer.endswith(stop[:n]):
-                    hold = max(hold, n)
-                    break
-        out = self.buffer[: len(self.buffer) - hold]
-        self.buffer = self.buffer[len(out) :]
-        return out
-
-    def flush(self) -> str:
-        out, self.buffer = self.buffer, ""
-        return out
+        super().__init__(stops)
 
 
 # --- failures and server-sent events --------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..errors import GenerationError
-from ..generation import ReplyResult
+from ..info import ReplyResult
 from .protocol import (
     _FINISH,
     _PATHS,
@@ -30,7 +30,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .client import RemoteEngine
+    from .pool import EndpointPool
 
 _POLL_S = 0.02  # how often a waiting consumer looks at its cancel event
 
@@ -104,7 +104,7 @@ class RemoteReplyStream(Iterator[str]):
     shuts the connection down so the server frees the slot.
     """
 
-    def __init__(self, engine: RemoteEngine, req: _Request, cancel: threading.Event | None = None):
+    def __init__(self, pool: EndpointPool, req: _Request, cancel: threading.Event | None = None):
         self.cancel_event = cancel or threading.Event()
         self.result = RemoteReplyResult(prompt_tokens=len(req.ids or ()), seed=req.seed)
         self._chan = _Channel()
@@ -114,7 +114,7 @@ class RemoteReplyStream(Iterator[str]):
         self._started = time.perf_counter()
         self._first_at: float | None = None
         self._thread = threading.Thread(
-            target=_worker, args=(engine, req, self._chan), daemon=True, name="qwen-remote-reply"
+            target=_worker, args=(pool, req, self._chan), daemon=True, name="qwen-remote-reply"
         )
         self._thread.start()
 
@@ -213,41 +213,41 @@ class RemoteReplyStream(Iterator[str]):
         return self.result.text
 
 
-def _worker(engine: RemoteEngine, req: _Request, chan: _Channel) -> None:
+def _worker(pool: EndpointPool, req: _Request, chan: _Channel) -> None:
     """Thread body: find an endpoint and stream from it, failing over until text has arrived."""
     try:
         attempts: list[tuple[str, str]] = []
-        for ep in engine._candidates():
+        for ep in pool.candidates():
             if chan.abandoned.is_set():
                 return
-            if not engine._ready(ep):
+            if not pool.ready(ep):
                 attempts.append((ep.url, ep.last_error or "down"))
                 continue
             if ep.mode == MODE_CHAT and req.messages is None:
                 attempts.append((ep.url, "it accepts only chat messages, and this request is raw token ids"))
                 continue
             try:
-                _serve(engine, ep, req, chan)
+                _serve(pool, ep, req, chan)
                 return
             except _Failover as exc:
                 if chan.abandoned.is_set():
                     return
                 if exc.mark_down:
-                    engine._mark_down(ep, str(exc))
+                    pool.mark_down(ep, str(exc))
                 attempts.append((ep.url, str(exc)))
         if not chan.abandoned.is_set():
-            chan.items.put(("error", engine._unavailable(attempts)))
+            chan.items.put(("error", pool.unavailable(attempts)))
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         chan.items.put(("error", exc))
 
 
-def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) -> None:
+def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> None:
     chan.endpoint, chan.mode = ep.url, ep.mode
     body = build_body(
-        ep.mode, ep.dialect, req, model=engine.served_model, stop_ids=engine.stop_ids, suppress_ids=engine.suppress_ids
+        ep.mode, ep.dialect, req, model=pool.served_model, stop_ids=pool.stop_ids, suppress_ids=pool.suppress_ids
     )
-    read_timeout = engine.timeout if req.stream else engine.response_timeout
-    timeout = httpx.Timeout(read_timeout, connect=engine.connect_timeout)
+    read_timeout = pool.timeout if req.stream else pool.response_timeout
+    timeout = httpx.Timeout(read_timeout, connect=pool.connect_timeout)
     finish: str | None = None
     scanner = _StopScanner()
     progress_at = [time.monotonic()]  # when the last text arrived (the request's start, at first)
@@ -256,7 +256,7 @@ def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) ->
         return time.monotonic() - progress_at[0] > read_timeout
 
     try:
-        with engine._client.stream("POST", ep.url + _PATHS[ep.mode], json=body, timeout=timeout) as resp:
+        with pool.client.stream("POST", ep.url + _PATHS[ep.mode], json=body, timeout=timeout) as resp:
             chan.attach(resp)
             if chan.abandoned.is_set():
                 return
@@ -318,7 +318,7 @@ def _serve(engine: RemoteEngine, ep: Endpoint, req: _Request, chan: _Channel) ->
         elif chan.delivered == 0:
             raise _Failover(_describe(exc, read_timeout)) from exc
         else:
-            engine._mark_down(ep, _describe(exc, read_timeout))
+            pool.mark_down(ep, _describe(exc, read_timeout))
             raise GenerationError(
                 f"The reply from {ep.url} broke off after {chan.received} tokens: {_describe(exc, read_timeout)}. "
                 "The server may have restarted, crashed or stalled; send the message again "

@@ -10,7 +10,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from qwen_core.engine import split_messages
+from qwen_core.backend import split_messages
 from qwen_core.errors import InputTooLong, QwenCoreError
 from qwen_core.scheduler import Scheduler
 from qwen_core.text import is_blank
@@ -32,7 +32,7 @@ from .common import (
     usage,
     watch_disconnect,
 )
-from .errors import ApiError
+from .errors import ApiError, generation_error
 from .formats import constraints_for, response_format_dict, tool_constraints_for
 from .replies import Choice, Runner, StopStrings
 from .schema import ChatRequest
@@ -154,7 +154,7 @@ def register(router: APIRouter, manager, scheduler: Scheduler, user_of, max_body
         except (ValueError, InputTooLong, QwenCoreError) as exc:
             error = ApiError(400, str(exc))
         except Exception as exc:  # noqa: BLE001 - answered; the slot must come back
-            error = ApiError(500, f"Generation failed to start: {exc}", "server_error")
+            error = generation_error(exc, "Generation failed to start")
         stop_ids = frozenset(engine.tokenizer.stop_ids) | frozenset(job.settings[0].stop_token_ids)
         choices = [
             Choice(
@@ -195,7 +195,7 @@ async def _collect(runner: Runner, job: Job, rid: str, model: str) -> dict:
             elif kind == "end":
                 finish[i] = payload
             else:
-                raise ApiError(500, f"Generation failed: {payload}", "server_error")
+                raise generation_error(payload)
     finally:
         runner.cancel()
     choices = []

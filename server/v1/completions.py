@@ -34,7 +34,7 @@ from .common import (
     usage,
     watch_disconnect,
 )
-from .errors import ApiError
+from .errors import ApiError, generation_error
 from .formats import constraints_for, response_format_dict
 from .replies import Choice, Runner, StopStrings
 from .schema import CompletionRequest
@@ -169,7 +169,7 @@ def register(router: APIRouter, manager, scheduler: Scheduler, user_of, max_body
         except (ValueError, InputTooLong, QwenCoreError) as exc:
             error = ApiError(400, str(exc), param="prompt")
         except Exception as exc:  # noqa: BLE001 - answered; the slot must come back
-            error = ApiError(500, f"Generation failed to start: {exc}", "server_error")
+            error = generation_error(exc, "Generation failed to start")
         stop_ids = frozenset(engine.tokenizer.stop_ids) | frozenset(job.settings[0].stop_token_ids)
         choices = [
             Choice(
@@ -226,7 +226,7 @@ async def _collect(runner: Runner, job: Job, echo: list, rid: str, model: str) -
             elif kind == "end":
                 finish[i] = payload
             else:
-                raise ApiError(500, f"Generation failed: {payload}", "server_error")
+                raise generation_error(payload)
     finally:
         runner.cancel()
     choices = []

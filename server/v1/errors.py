@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from qwen_core.errors import BackendUnavailable
 from qwen_core.scheduler import Busy
 
 CODES = {400: None, 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 413: None, 429: None}
@@ -72,3 +73,12 @@ ERRORS = {
         (503, "the model is being switched (see Retry-After)"),
     )
 }
+
+
+def generation_error(exc: BaseException, prefix: str = "Generation failed") -> ApiError:
+    """The API error for a reply that could not run: 503 + ``Retry-After`` when no backend server can
+    take it now (every remote endpoint down), else 500."""
+    if isinstance(exc, BackendUnavailable):
+        wait = str(max(1, int(exc.retry_after + 0.5)))
+        return ApiError(503, f"{prefix}: {exc}", "server_error", headers={"Retry-After": wait})
+    return ApiError(500, f"{prefix}: {exc}", "server_error")

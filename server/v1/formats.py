@@ -46,7 +46,7 @@ def constraints_for(engine, fmt: dict | None, n: int) -> list:
 
 def _vocab_size(engine) -> int:
     """Rows of the model's logits (Qwen-1 pads 151,851 ids to 151,936)."""
-    config = getattr(engine.model, "config", None)
+    config = getattr(getattr(engine, "model", None), "config", None)  # local engines only
     return int(getattr(config, "vocab_size", 0) or len(engine.tokenizer))
 
 

@@ -15,40 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qwen_core.stops import StopMatcher
 from qwen_core.text import coalesced
 
 from . import metrics
 
-
-class StopStrings:
-    """Holds back text that may begin a stop string; reports when one appears."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.buffer = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> str:
-        """New text safe to emit; after a hit, everything from the stop string on is dropped."""
-        if not self.stops:
-            return piece
-        self.buffer += piece
-        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.hit = True
-            out, self.buffer = self.buffer[:cut], ""
-            return out
-        keep = max(len(s) - 1 for s in self.stops)
-        out, self.buffer = (
-            self.buffer[: max(0, len(self.buffer) - keep)],
-            self.buffer[max(0, len(self.buffer) - keep) :],
-        )
-        return out
-
-    def flush(self) -> str:
-        """What is left at the end of the reply."""
-        out, self.buffer = ("" if self.hit else self.buffer), ""
-        return out
+# One stop matcher for every reply (qwen_core.stops); the old name stays importable.
+StopStrings = StopMatcher
 
 
 class Stripper:

@@ -1,0 +1,232 @@
+"""The backend contract: what the UI, ``/chat`` and ``/v1`` may use of an engine, and nothing more.
+
+Every backend (the local :class:`~qwen_core.engine.Engine`, the remote
+:class:`~qwen_core.remote.RemoteEngine`, any engine added later) satisfies :class:`Backend`;
+every reply stream it returns satisfies :class:`ReplyStreamProtocol`. Front ends must not
+reach past these (no ``engine.model``, no private attributes), so a new backend is learned
+from this file alone.
+
+What a backend takes: a prompt (token ids from :meth:`Backend.plan_prompt`, or the chat
+that :meth:`Backend.stream_chat` plans itself) and :class:`~qwen_core.settings.GenerationSettings`.
+What it gives: a stream of text pieces whose ``result`` (a :class:`~qwen_core.info.ReplyResult`)
+says, once the stream is exhausted, why it ended (``"stop"``, ``"length"``, ``"cancelled"``,
+``"error"``), the prompt and completion token counts, time to first token and speed.
+
+Capabilities a backend may lack are flags, not exceptions found by trying:
+``supports_constraints`` (a per-step :class:`~qwen_core.sampling.TokenConstraint`, e.g. JSON
+output by a grammar) and ``supports_prompt_logprobs`` (:meth:`Backend.prompt_logprobs`).
+
+:class:`PromptSide` is the torch-free half both engines share: the prompt builder, settings
+and the message/chat conveniences built on ``stream_chat``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .info import EngineInfo, ReplyResult
+from .prompt import DEFAULT_SYSTEM, PromptBuilder, PromptPlan
+from .settings import GenerationSettings
+
+if TYPE_CHECKING:
+    from .tokenizer import QwenTokenizer
+
+__all__ = ["Backend", "EngineInfo", "PromptSide", "ReplyResult", "ReplyStreamProtocol", "split_messages"]
+
+
+@runtime_checkable
+class ReplyStreamProtocol(Protocol):
+    """A reply being generated: iterate it for text pieces (already cut at stop strings).
+
+    ``result`` is filled in when iteration ends (finish reason, token counts, speed);
+    ``cancel()`` asks it to stop from any thread (it ends within one token or poll slice);
+    ``close()`` stops and frees the slot (idempotent; the context manager calls it);
+    ``tokens_so_far`` counts generated tokens while it runs; ``result.logprobs`` holds one
+    :class:`~qwen_core.sampling.TokenLogprob` per token when ``settings.logprobs`` asked for
+    them and the backend provides them.
+    """
+
+    result: ReplyResult
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __next__(self) -> str: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ReplyStreamProtocol: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    @property
+    def tokens_so_far(self) -> int: ...
+
+    def text(self) -> str: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An engine the front ends can drive. ``info.decode`` names how it decodes (shown to users)."""
+
+    tokenizer: QwenTokenizer
+    info: EngineInfo
+    defaults: GenerationSettings
+    supports_constraints: bool
+    supports_prompt_logprobs: bool
+
+    def settings(self, **gen: Any) -> GenerationSettings:
+        """The defaults with ``gen`` applied and checked (raises ValueError naming the bad field)."""
+        ...
+
+    def plan_prompt(
+        self,
+        query: str,
+        history: Sequence | None = None,
+        system: str | None = None,
+        max_window_size: int | None = None,
+        system_in_first_turn: bool = False,
+    ) -> PromptPlan:
+        """The exact prompt for ``query`` and what the window kept and dropped."""
+        ...
+
+    def build_prompt(
+        self, query: str, history: Sequence | None = None, system: str | None = None, max_window_size: int | None = None
+    ) -> list[int]:
+        """The prompt's token ids (Qwen's ``make_context``)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as message content."""
+        ...
+
+    def stream_prompt(
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        cancel: threading.Event | None = None,
+        constraint: Any = None,
+    ) -> ReplyStreamProtocol:
+        """Stream a reply to ready prompt ids. Raises InputTooLong past the context; ``constraint``
+        only where ``supports_constraints``."""
+        ...
+
+    def stream_chat(
+        self, query: str, history: Sequence | None = None, system: str | None = None, **kw: Any
+    ) -> ReplyStreamProtocol:
+        """Plan the chat's prompt and stream the reply (``cancel=``, ``system_in_first_turn=``, settings)."""
+        ...
+
+    def stream_messages(self, messages: Sequence, **kw: Any) -> ReplyStreamProtocol:
+        """Stream a reply to OpenAI-style messages (system?, user/assistant turns, ending with user)."""
+        ...
+
+    def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen: Any) -> str:
+        """The whole reply, stripped as Qwen's ``chat()`` strips it."""
+        ...
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list:
+        """Each prompt token's log-probability (for scoring); only where ``supports_prompt_logprobs``."""
+        ...
+
+
+class PromptSide:
+    """The prompt half every backend shares (torch-free): needs ``tokenizer``, ``defaults``, ``info``.
+
+    Subclasses implement ``stream_prompt`` and ``stream_chat``.
+    """
+
+    tokenizer: QwenTokenizer
+    defaults: GenerationSettings
+    info: EngineInfo
+    prompts: PromptBuilder
+    supports_constraints: bool = False
+    supports_prompt_logprobs: bool = False
+
+    def plan_prompt(
+        self,
+        query: str,
+        history: Sequence | None = None,
+        system: str | None = None,
+        max_window_size: int | None = None,
+        system_in_first_turn: bool = False,
+    ) -> PromptPlan:
+        """The prompt for ``query`` with what it keeps and drops (see :class:`PromptPlan`)."""
+        window = self.defaults.max_window_size if max_window_size is None else max_window_size
+        return self.prompts.plan(
+            query, history, DEFAULT_SYSTEM if system is None else system, window, system_in_first_turn
+        )
+
+    def build_prompt(
+        self, query: str, history: Sequence | None = None, system: str | None = None, max_window_size: int | None = None
+    ) -> list[int]:
+        """Token ids of Qwen's ChatML prompt, identical to the original ``make_context``."""
+        return self.plan_prompt(query, history, system, max_window_size).ids
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as message content."""
+        return len(self.tokenizer.encode(text))
+
+    def settings(self, **gen) -> GenerationSettings:
+        """The checkpoint's defaults with ``gen`` applied and checked."""
+        return self.defaults.merged(**gen)
+
+    def stream_chat(self, query: str, history: Sequence | None = None, system: str | None = None, **kw):
+        raise NotImplementedError
+
+    def stream_messages(
+        self, messages: Sequence, *, cancel: threading.Event | None = None, constraint: Any = None, **gen
+    ):
+        """Stream a reply to OpenAI-style messages (system?, then user/assistant pairs, ending with user)."""
+        system, history, query = split_messages(messages)
+        if constraint is not None:  # only when given: a backend without constraints keeps its signature
+            gen["constraint"] = constraint
+        return self.stream_chat(query, history, system, cancel=cancel, **gen)
+
+    def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen) -> str:
+        """The whole reply, stripped as Qwen's ``chat()`` strips it."""
+        with self.stream_chat(query, history, system, **gen) as stream:
+            return stream.text().strip()
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list:
+        """Not available on this backend (see ``supports_prompt_logprobs``)."""
+        raise NotImplementedError(
+            "prompt log-probabilities (echo with logprobs and max_tokens 0) need a model loaded in this "
+            f"process; this backend ({self.info.decode}) has none"
+        )
+
+
+def split_messages(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str]:
+    """``[{"role", "content"}, ...]`` → (system, history pairs, query), checking the order of roles."""
+    msgs = list(messages)
+    system = DEFAULT_SYSTEM
+    if msgs and msgs[0].get("role") == "system":
+        system = str(msgs.pop(0).get("content") or "")
+    if not msgs or msgs[-1].get("role") != "user":
+        raise ValueError("the last message must come from the user")
+    *past, last = msgs
+    history: list[tuple[str, str]] = []
+    pending: str | None = None
+    for i, msg in enumerate(past):
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be text")
+        if role == "user":
+            if pending is not None:  # two user turns in a row: join them, as a person would read them
+                pending += "\n\n" + content
+            else:
+                pending = content
+        elif role == "assistant":
+            history.append((pending or "", content))
+            pending = None
+        else:
+            raise ValueError(f"messages[{i}].role must be 'user' or 'assistant' (a system message may only come first)")
+    query = last.get("content")
+    if not isinstance(query, str):
+        raise ValueError("the last message's content must be text")
+    if pending is not None:
+        query = pending + "\n\n" + query
+    return system, history, query
