@@ -348,7 +348,7 @@ def test_admins_must_be_auth_users(tmp_path):
         ),
         (
             "> quote, a < b, $x<y$, <https://example.org>, **bold** <b>b</b>",
-            "> quote, a < b, $x<y$, <https://example.org>, **bold** <b>b</b>",
+            "> quote, a < b, \\(x<y\\), <https://example.org>, **bold** <b>b</b>",  # unambiguous $…$ math shown as \\(…\\) (ui.render.inline_math)
         ),
     ],
 )

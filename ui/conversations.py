@@ -25,7 +25,7 @@ import uuid
 
 from qwen_core.text import lone_surrogate
 
-from .render import safe_markdown
+from .render import display_markdown, safe_markdown
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 MAX_MESSAGES = 10_000
@@ -120,7 +120,7 @@ def to_chatbot(messages: list[dict]) -> list[dict]:
             title = "🎭 " + safe_markdown(msg["content"])
             out.append({"role": "assistant", "content": "", "metadata": {"title": title}})
         else:
-            out.append({"role": msg["role"], "content": safe_markdown(msg["content"])})
+            out.append({"role": msg["role"], "content": display_markdown(msg["content"])})
     return out
 
 

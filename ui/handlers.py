@@ -21,7 +21,7 @@ from .persona_handlers import PersonaHandlers
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
 from .service import ChatInputError, ChatService
 from .sessions import SessionSweeper
-from .settings_form import SETTING_ORDER, settings_dict
+from .settings_form import SETTING_ORDER, clamp_settings, settings_dict
 from .storage import safe_name
 from .user_store import UserStore
 
@@ -94,15 +94,20 @@ class Handlers(PersonaHandlers):
             return [gr.skip()] * len(SETTING_ORDER)
         d = engine.defaults
         temperature = 0.0 if not d.do_sample else d.temperature
-        return [temperature, d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens, -1, d.max_window_size]
+        values = [temperature, d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens, -1, d.max_window_size]
+        clamped = clamp_settings(dict(zip(SETTING_ORDER, values, strict=True)), engine.info.context_length)
+        return [clamped[k] for k in SETTING_ORDER]
 
     def persona_settings(self, persona: Persona | None) -> list:
         """Model defaults with the persona's suggested settings on top."""
+        engine = self.service.manager.engine
         values = dict(zip(SETTING_ORDER, self.default_settings(), strict=True))
-        if self.service.manager.engine is None:
+        if engine is None:
             return list(values.values())
         if persona:
             values.update({k: v for k, v in persona.settings.items() if k in values})
+        # A persona written for a longer context (or another model) must not push a slider past its range.
+        values = clamp_settings(values, engine.info.context_length)
         return [values[k] for k in SETTING_ORDER]
 
     def persona_fields(self, persona: Persona | None) -> list:

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import gradio as gr
 
 from .i18n import EN, ZH
+from .settings_form import SLIDER_RANGES, window_range
 
+# No single "$" here: it would read "Price is $5 and $10" as math. Unambiguous $x$ is turned
+# into \(x\) for display by ui.render.inline_math (pandoc's rule), never in the stored text.
 LATEX = [
     {"left": "$$", "right": "$$", "display": True},
-    {"left": "$", "right": "$", "display": False},
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
 ]
@@ -185,20 +187,17 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat", model
                         import_persona = gr.UploadButton(i18n("import_persona"), file_types=[".json"], size="sm")
                     persona_status = gr.Markdown()
                 with gr.Tab(i18n("generation")):
-                    temperature = gr.Slider(0.0, 2.0, step=0.05, label=i18n("temperature"))
-                    top_p = gr.Slider(0.01, 1.0, step=0.01, label=i18n("top_p"))
-                    top_k = gr.Slider(0, 200, step=1, label=i18n("top_k"))
-                    repetition_penalty = gr.Slider(1.0, 2.0, step=0.01, label=i18n("repetition_penalty"))
-                    max_new_tokens = gr.Slider(1, 8192, step=1, label=i18n("max_new_tokens"))
-                    seed = gr.Number(value=-1, precision=0, label=i18n("seed"))
-                    # A checkpoint with a short context (under 256 tokens) gets a finer slider, not a crash.
-                    small = context_length <= 256
-                    max_window_size = gr.Slider(
-                        1 if small else 256,
-                        max(2, context_length),
-                        step=1 if small else 64,
-                        label=i18n("max_window_size"),
+                    r = SLIDER_RANGES
+                    temperature = gr.Slider(*r["temperature"], step=0.05, label=i18n("temperature"))
+                    top_p = gr.Slider(*r["top_p"], step=0.01, label=i18n("top_p"))
+                    top_k = gr.Slider(*r["top_k"], step=1, label=i18n("top_k"))
+                    repetition_penalty = gr.Slider(
+                        *r["repetition_penalty"], step=0.01, label=i18n("repetition_penalty")
                     )
+                    max_new_tokens = gr.Slider(*r["max_new_tokens"], step=1, label=i18n("max_new_tokens"))
+                    seed = gr.Number(value=-1, precision=0, label=i18n("seed"))
+                    low, high, step = window_range(context_length)
+                    max_window_size = gr.Slider(low, high, step=step, label=i18n("max_window_size"))
                     reset_settings = gr.Button(i18n("reset_settings"), size="sm")
                 with gr.Tab(i18n("model")):
                     model_status = gr.Markdown(label=i18n("model_status"))

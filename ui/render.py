@@ -91,3 +91,27 @@ def safe_markdown(text: str) -> str:
     if "<" not in text:
         return text
     return _vet_cached(text) if len(text) <= 16_384 else _vet(text)
+
+
+# Single-dollar math, only where it cannot be currency (pandoc's rule): the opening ``$`` has a
+# non-space right after it, the closing one a non-space right before it and no digit right after it,
+# and neither is escaped or part of ``$$``. "Price is $5 and $10" has no such pair (a space comes
+# before the second ``$``), so it stays text; ``$x^2$`` becomes ``\\(x^2\\)``, which the Chatbot's
+# delimiters render. Gradio's own ``$`` delimiter is off (ui.layout.LATEX): it would take any pair.
+_INLINE_MATH = re.compile(r"(?<![\\$])\$(?![\s$])([^$\n]*?[^\s\\$])\$(?![\d$])")
+
+
+def _math_text(text: str) -> str:
+    return _INLINE_MATH.sub(lambda m: "\\(" + m.group(1) + "\\)", text) if "$" in text else text
+
+
+def inline_math(text: str) -> str:
+    """``text`` with unambiguous ``$...$`` math turned into ``\\(...\\)``, outside code (display only)."""
+    if "$" not in text:
+        return text
+    return _outside_code(text, _FENCE, lambda part: _outside_code(part, _CODE_SPAN, _math_text))
+
+
+def display_markdown(text: str) -> str:
+    """What the Chatbot renders for a message: :func:`safe_markdown`, then :func:`inline_math`."""
+    return inline_math(safe_markdown(text))

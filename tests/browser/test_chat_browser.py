@@ -37,7 +37,7 @@ def _import(page, tmp_path, conversation: dict) -> None:
 
 def test_enter_sends_and_the_reply_streams(page, base_url, shot):
     ui = ChatUI.open(page, base_url)
-    ui.max_new_tokens(16)
+    ui.max_new_tokens(64)  # long enough to be sampled mid-stream on a loaded 2-core machine
 
     ui.message.fill("Hello, who are you?")
     ui.message.press("Enter")
