@@ -43,28 +43,36 @@ class StopMatcher:
             return ""
         if not self.stops:
             return piece
-        # A match can only begin in the held tail or the new piece; search from where it could start.
-        start = max(0, len(self.buffer) - self._longest + 1)
+        # The buffer only ever holds a possible stop's start plus the new piece, so it stays short.
         self.buffer += piece
-        found = [i for i in (self.buffer.find(s, start) for s in self.stops) if i >= 0]
-        if found:
-            out, self.buffer, self.stopped = self.buffer[: min(found)], "", True
+        found = self._earliest_match()
+        held = self._held_from()
+        if found is not None and (held is None or found <= held):
+            # No longer stop string can still begin before this match: cut here.
+            out, self.buffer, self.stopped = self.buffer[:found], "", True
             return out
-        hold = self._held_tail()
-        out = self.buffer[: len(self.buffer) - hold]
-        self.buffer = self.buffer[len(out) :]
+        keep = len(self.buffer) if held is None else held
+        out, self.buffer = self.buffer[:keep], self.buffer[keep:]
         return out
 
-    def _held_tail(self) -> int:
-        """Length of the longest suffix of the buffer that is a proper prefix of some stop string."""
+    def _earliest_match(self) -> int | None:
+        found = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        return min(found) if found else None
+
+    def _held_from(self) -> int | None:
+        """Where the earliest suffix of the buffer starts that is a proper prefix of some stop string."""
         buf = self.buffer
-        for n in range(min(self._longest - 1, len(buf)), 0, -1):
-            tail = buf[-n:]
-            if any(s.startswith(tail) for s in self.stops):
-                return n
-        return 0
+        for j in range(max(0, len(buf) - self._longest + 1), len(buf)):
+            tail = buf[j:]
+            if any(len(s) > len(tail) and s.startswith(tail) for s in self.stops):
+                return j
+        return None
 
     def flush(self) -> str:
         """What is left at the end of the reply (a held tail that never became a stop string)."""
-        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        if self.stopped:
+            self.buffer = ""
+            return ""
+        out, self.stopped = cut_at_stop(self.buffer, self.stops)  # a match a longer start was holding back
+        self.buffer = ""
         return out

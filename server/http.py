@@ -131,11 +131,10 @@ def create_app(
         if batcher is not None:  # the local engine's shared decode batch
             status["batch"] = batcher.stats()
         ready = bool(status.get("loaded"))
-        live_endpoints = getattr(manager.engine, "live_endpoints", None)
-        if ready and live_endpoints is not None:  # remote backend: ready only while a server answers
-            total = len(manager.engine.endpoints)
-            live = live_endpoints()
-            status["endpoints"] = {"live": live, "total": total}  # counts only: no internal URLs here
+        engine = manager.engine  # read once: a model switch may replace it meanwhile
+        if ready and hasattr(engine, "live_endpoints"):  # remote backend: ready only while a server answers
+            live = engine.live_endpoints()
+            status["endpoints"] = {"live": live, "total": len(engine.endpoints)}  # counts only: no URLs here
             ready = live > 0
         return JSONResponse(status, status_code=200 if ready else 503)
 

@@ -35,7 +35,7 @@ def clamp_settings(values: dict, context_length: int) -> dict:
     for name, (lo, hi) in bounds.items():
         value = out.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = type(value)(min(max(value, lo), hi)) if isinstance(lo, int) else min(max(value, lo), hi)
+            out[name] = min(max(value, lo), hi)
     return out
 
 

@@ -39,16 +39,11 @@ class RemoteEngine(PromptSide):
         defaults: GenerationSettings,
         info: EngineInfo,
         *,
-        model: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        connect_timeout: float = 5.0,
-        health_timeout: float = 3.0,
-        response_timeout: float = 600.0,
-        cooldown: float = 30.0,
-        api: str = "auto",
         vocab_size: int = QWEN_PADDED_VOCAB,
+        **pool_options,
     ):
+        """``pool_options``: :class:`~qwen_core.remote.pool.EndpointPool`'s keywords (model, api_key,
+        timeouts, cooldown, api), declared there once."""
         self.tokenizer = tokenizer
         self.defaults = defaults
         self.info = info
@@ -58,15 +53,8 @@ class RemoteEngine(PromptSide):
             endpoints,
             tokenizer,
             defaults,
-            model=model,
-            api_key=api_key,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            health_timeout=health_timeout,
-            response_timeout=response_timeout,
-            cooldown=cooldown,
-            api=api,
             suppress_ids=tuple(range(len(tokenizer), vocab_size)),
+            **pool_options,
         )
 
     # --- the endpoint pool -------------------------------------------------------------------
