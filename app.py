@@ -18,6 +18,21 @@ from pathlib import Path
 log = logging.getLogger("qwen_chat")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
+# --concurrency when not given: the local batch's rows; with --compile one reply at a time; in remote
+# mode the servers batch (vLLM's default max-num-seqs is 256 per server), so a local cap of 4 would
+# leave a fleet idle: 64 per endpoint, within the flag's bounds.
+LOCAL_CONCURRENCY = 4
+REMOTE_CONCURRENCY_PER_ENDPOINT = 64
+MAX_CONCURRENCY = 256
+
+
+def default_concurrency(backend: str, endpoints: int, compile: bool) -> int:
+    """What ``--concurrency`` is when not given (see the constants above)."""
+    if compile:
+        return 1
+    if backend == "openai":
+        return max(1, min(MAX_CONCURRENCY, REMOTE_CONCURRENCY_PER_ENDPOINT * endpoints))
+    return LOCAL_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,7 @@ class AppConfig:
     data_dir: str = "data"
     models: tuple[str, ...] = ()  # more variants to switch to at run time
     server_history: bool = False
-    concurrency: int = 4
+    concurrency: int | None = None  # None: default_concurrency(backend, endpoints, compile)
     max_message_chars: int = 64_000
     updates_per_second: float = 25.0  # UI / Gradio-API stream updates per reply (0: one per token)
     max_queue: int = 32
@@ -62,14 +77,18 @@ class AppConfig:
     prefix_cache_mb: float | None = None  # K/V reused across chat turns; None: the device's default, 0: off
 
     def __post_init__(self) -> None:
+        if self.concurrency is None:
+            object.__setattr__(
+                self, "concurrency", default_concurrency(self.backend, len(self.endpoints), self.compile)
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if not 1 <= self.port <= 65535:
             raise ValueError("--port must be between 1 and 65535")
         if self.source not in ("huggingface", "modelscope"):
             raise ValueError("--source must be huggingface or modelscope")
-        if not 1 <= self.concurrency <= 256:
-            raise ValueError("--concurrency must be between 1 and 256")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
         if not 1 <= self.max_message_chars <= 10_000_000:
             raise ValueError("--max-message-chars must be between 1 and 10,000,000")
         if self.updates_per_second != 0 and not 1 <= self.updates_per_second <= 1000:
@@ -155,7 +174,11 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
     ap.add_argument("--models", default=_env("MODELS", ""), help="comma-separated variants to switch to at run time")
     ap.add_argument("--server-history", action="store_true", default=_truthy(_env("SERVER_HISTORY", "0")))
     ap.add_argument(
-        "--concurrency", type=int, default=None, help="replies decoded at once (default 4; 1 with --compile)"
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"replies decoded at once (default {LOCAL_CONCURRENCY}; 1 with --compile; "
+        f"{REMOTE_CONCURRENCY_PER_ENDPOINT} per --endpoint with --backend openai)",
     )
     ap.add_argument(
         "--compile",
@@ -227,8 +250,8 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         "20%% of the free GPU memory; 0: off)",
     )
     a = ap.parse_args(argv)
-    if a.concurrency is None:
-        a.concurrency = int(_env("CONCURRENCY", "1" if a.compile else "4"))
+    if a.concurrency is None and _env("CONCURRENCY"):
+        a.concurrency = int(_env("CONCURRENCY"))
     endpoints = a.endpoint or [e.strip() for e in (_env("ENDPOINTS", "") or "").split(",") if e.strip()]
     return AppConfig(
         model=a.model or None,
@@ -311,7 +334,11 @@ def build(config: AppConfig):
         # Every reply granted a slot (--concurrency) is decoded in the one shared batch.
         compiled = CompileSettings(backend=config.compile_backend) if config.compile else False
         loader = functools.partial(
-            load_engine, max_batch=config.concurrency, compile=compiled, prefix_cache_mb=config.prefix_cache_mb
+            load_engine,
+            max_batch=config.concurrency,
+            compile=compiled,
+            prefix_cache_mb=config.prefix_cache_mb,
+            data_dir=config.data_dir,  # llama.cpp's converted weights are cached under DATA/gguf
         )
         manager = ModelManager(loader, [first, *others], offline=config.offline, cache_dir=config.cache_dir)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import lean_imports
 from .errors import (
     CheckpointError,
     CheckpointNotFound,
@@ -19,6 +20,8 @@ from .errors import (
     QwenCoreError,
     UnsupportedCombination,
 )
+
+lean_imports.install()  # transformers must not import torchao (see qwen_core.lean_imports)
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .info import EngineInfo, ReplyResult
+from .messages import Message, split
 from .prompt import DEFAULT_SYSTEM, PromptBuilder, PromptPlan
 from .settings import GenerationSettings
 
@@ -89,8 +90,20 @@ class Backend(Protocol):
         system: str | None = None,
         max_window_size: int | None = None,
         system_in_first_turn: bool = False,
+        reply_prefix: str = "",
     ) -> PromptPlan:
-        """The exact prompt for ``query`` and what the window kept and dropped."""
+        """The exact prompt for ``query`` and what the window kept and dropped (``reply_prefix``: the
+        reply's given start, after the assistant header)."""
+        ...
+
+    def plan_messages(
+        self,
+        messages: Sequence[Message | dict],
+        max_window_size: int | None = None,
+        system_in_first_turn: bool = False,
+        reply_prefix: str = "",
+    ) -> PromptPlan:
+        """:meth:`plan_prompt` for a chat given as :class:`~qwen_core.messages.Message` s."""
         ...
 
     def build_prompt(
@@ -117,11 +130,12 @@ class Backend(Protocol):
     def stream_chat(
         self, query: str, history: Sequence | None = None, system: str | None = None, **kw: Any
     ) -> ReplyStreamProtocol:
-        """Plan the chat's prompt and stream the reply (``cancel=``, ``system_in_first_turn=``, settings)."""
+        """Plan the chat's prompt and stream the reply (``cancel=``, ``system_in_first_turn=``,
+        ``reply_prefix=``, settings). With ``reply_prefix`` the stream holds only the continuation."""
         ...
 
-    def stream_messages(self, messages: Sequence, **kw: Any) -> ReplyStreamProtocol:
-        """Stream a reply to OpenAI-style messages (system?, user/assistant turns, ending with user)."""
+    def stream_messages(self, messages: Sequence[Message | dict], **kw: Any) -> ReplyStreamProtocol:
+        """Stream a reply to Messages or OpenAI-style dicts (system?, user/assistant turns, ending with user)."""
         ...
 
     def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen: Any) -> str:
@@ -153,12 +167,24 @@ class PromptSide:
         system: str | None = None,
         max_window_size: int | None = None,
         system_in_first_turn: bool = False,
+        reply_prefix: str = "",
     ) -> PromptPlan:
         """The prompt for ``query`` with what it keeps and drops (see :class:`PromptPlan`)."""
         window = self.defaults.max_window_size if max_window_size is None else max_window_size
         return self.prompts.plan(
-            query, history, DEFAULT_SYSTEM if system is None else system, window, system_in_first_turn
+            query, history, DEFAULT_SYSTEM if system is None else system, window, system_in_first_turn, reply_prefix
         )
+
+    def plan_messages(
+        self,
+        messages: Sequence[Message | dict],
+        max_window_size: int | None = None,
+        system_in_first_turn: bool = False,
+        reply_prefix: str = "",
+    ) -> PromptPlan:
+        """The prompt for a chat given as :class:`~qwen_core.messages.Message` s (or OpenAI dicts)."""
+        system, history, query = split(messages)
+        return self.plan_prompt(query, history, system, max_window_size, system_in_first_turn, reply_prefix)
 
     def build_prompt(
         self, query: str, history: Sequence | None = None, system: str | None = None, max_window_size: int | None = None
@@ -180,8 +206,9 @@ class PromptSide:
     def stream_messages(
         self, messages: Sequence, *, cancel: threading.Event | None = None, constraint: Any = None, **gen
     ):
-        """Stream a reply to OpenAI-style messages (system?, then user/assistant pairs, ending with user)."""
-        system, history, query = split_messages(messages)
+        """Stream a reply to Messages or OpenAI-style dicts (system?, then user/assistant turns, ending
+        with user); ``reply_prefix=`` and the settings as :meth:`stream_chat` takes them."""
+        system, history, query = split(messages)
         if constraint is not None:  # only when given: a backend without constraints keeps its signature
             gen["constraint"] = constraint
         return self.stream_chat(query, history, system, cancel=cancel, **gen)
@@ -199,34 +226,7 @@ class PromptSide:
         )
 
 
-def split_messages(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str]:
-    """``[{"role", "content"}, ...]`` → (system, history pairs, query), checking the order of roles."""
-    msgs = list(messages)
-    system = DEFAULT_SYSTEM
-    if msgs and msgs[0].get("role") == "system":
-        system = str(msgs.pop(0).get("content") or "")
-    if not msgs or msgs[-1].get("role") != "user":
-        raise ValueError("the last message must come from the user")
-    *past, last = msgs
-    history: list[tuple[str, str]] = []
-    pending: str | None = None
-    for i, msg in enumerate(past):
-        role, content = msg.get("role"), msg.get("content")
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be text")
-        if role == "user":
-            if pending is not None:  # two user turns in a row: join them, as a person would read them
-                pending += "\n\n" + content
-            else:
-                pending = content
-        elif role == "assistant":
-            history.append((pending or "", content))
-            pending = None
-        else:
-            raise ValueError(f"messages[{i}].role must be 'user' or 'assistant' (a system message may only come first)")
-    query = last.get("content")
-    if not isinstance(query, str):
-        raise ValueError("the last message's content must be text")
-    if pending is not None:
-        query = pending + "\n\n" + query
-    return system, history, query
+def split_messages(messages: Sequence[dict | Message]) -> tuple[str, list[tuple[str, str]], str]:
+    """``[{"role", "content"}, ...]`` → (system, history pairs, query), checking the order of roles
+    (kept for old imports; see :func:`qwen_core.messages.split`)."""
+    return split(messages)

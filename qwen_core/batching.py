@@ -50,6 +50,7 @@ class _Row:
     ids: torch.Tensor | None = None  # prompt + generated, preallocated
     length: int = 0  # valid entries of ids
     generated: int = 0
+    cached: int = 0  # tokens whose K/V are in the cache (the last token chosen is fed by the next step)
     alpha: float = 1.0
 
     @property
@@ -113,6 +114,9 @@ class Batcher:
     most this many tokens per decode step, so running streams keep their pace (0: whole
     prompts at once); ``prefill_share``: and at most about this many decode steps' time
     per step (0: by tokens only). See :class:`~qwen_core.prefill.PrefillPacer`.
+    ``steps``: a :class:`~qwen_core.compiled.CompiledSteps` (``--compile``) runs the prefills
+    and decode steps of one row at a time through a static cache and a compiled step; None:
+    eager steps over the whole batch. Either way this is the one loop every local reply runs in.
     """
 
     def __init__(
@@ -125,13 +129,15 @@ class Batcher:
         prefix_cache_bytes: int | None = None,
         prefill_chunk: int = 512,
         prefill_share: float = 1.0,
+        steps=None,
     ):
         if not 1 <= max_batch <= 1024:
             raise ValueError("max_batch must be between 1 and 1024")
         if prefill_chunk < 0:
             raise ValueError("prefill_chunk must be 0 (whole prompts) or a positive number of tokens")
         self.model = model
-        self.max_batch = max_batch
+        self.steps = steps
+        self.max_batch = 1 if steps is not None else max_batch  # a static cache holds one row
         self._stops = frozenset(stop_ids)
         self._device = model.get_input_embeddings().weight.device
         self._cond = threading.Condition()
@@ -143,7 +149,8 @@ class Batcher:
         self._mask: torch.Tensor | None = None  # [rows, cache length]; 0 marks left padding
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.steps = 0  # decode steps run (for stats and tests)
+        self.decode_steps = 0  # decode steps run (for stats and tests)
+        self.replies = 0  # replies ended
         self.trimmer = Trimmer(trim_interval)
         self.max_rows_seen = 0
         if prefix_cache_bytes is None:
@@ -191,16 +198,31 @@ class Batcher:
     def stats(self) -> dict:
         """Rows decoding, prefilling and waiting now, and the prefix cache's counters."""
         with self._cond:
-            return {
+            stats = {
+                "mode": "batched",
                 "rows": len(self._rows),
                 "pending": len(self._pending),
                 "prefilling": len(self._prefilling),
                 "max_batch": self.max_batch,
                 "max_rows_seen": self.max_rows_seen,
-                "steps": self.steps,
+                "steps": self.decode_steps,
+                "replies": self.replies,
                 "prefill_chunks": self.prefill_chunks,
                 "prefix_cache": self.prefix.stats(),
             }
+            if self.steps is not None:
+                stats.update(self.steps.stats())
+            return stats
+
+    def warm_up(self, sampler: RowSampler, token: int) -> float:
+        """Run a 2-token reply to the 1-token prompt ``[token]`` (with the compiled step runner:
+        compiles the smallest cache bucket's step now, so no user waits for it); returns seconds."""
+        started = time.perf_counter()
+        errors: list = []
+        self.submit([token], sampler, 2, threading.Event(), _Sink(), errors).wait()
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - started
 
     def close(self) -> None:
         """Stop the worker once the replies in flight have ended; new submissions are refused."""
@@ -209,6 +231,8 @@ class Batcher:
             self._cond.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        if self.steps is not None:
+            self.steps.close()
 
     # --- worker -------------------------------------------------------------
     def _loop(self) -> None:
@@ -275,7 +299,7 @@ class Batcher:
         row = job.row
         if row.cancel.is_set():
             job.ended = True
-            row.finish()
+            self._end(row)
             return 0
         try:
             n = len(row.prompt)
@@ -283,15 +307,9 @@ class Batcher:
                 self._start_prefill(job)
             end = n if limit is None else min(n, job.fed + limit)
             started = time.perf_counter()
-            out = self.model(
-                input_ids=row.ids[:, job.fed : end],
-                attention_mask=torch.ones((1, end), dtype=torch.long, device=self._device),
-                position_ids=torch.arange(job.fed, end, device=self._device)[None, :],
-                past_key_values=job.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            logits = self._feed_prompt(row.ids[:, job.fed : end], job.fed, job.cache, row.alpha)
             fed, job.fed = end - job.fed, end
+            row.cached = end
             if end < n:
                 if self._device.type == "cuda":
                     torch.cuda.synchronize(self._device)  # the forward was only queued: time the work
@@ -302,8 +320,8 @@ class Batcher:
             job.ended = True
             layers = job.cache.layers
             self.prefix.insert(row.prompt, row.alpha, lambda a, b: stack_kv(layers, 0, a, b, self._device))
-            if self._take(row, out.logits[:, -1, :]):
-                row.finish()
+            if self._take(row, logits):
+                self._end(row)
             else:
                 self._merge(row, job.cache)
             return fed
@@ -311,8 +329,23 @@ class Batcher:
             log.debug("prefill failed", exc_info=True)
             job.ended = True
             self._out_of_memory(exc)
-            row.finish(exc)
+            self._end(row, exc)
             return 0
+
+    def _feed_prompt(self, ids: torch.Tensor, start: int, cache, alpha: float) -> torch.Tensor:
+        """Prefill ``ids`` ([1, n]) from position ``start`` into ``cache``; the last position's logits."""
+        if self.steps is not None:
+            return self.steps.prefill(ids, start, cache, alpha)
+        end = start + ids.shape[1]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=torch.ones((1, end), dtype=torch.long, device=self._device),
+            position_ids=torch.arange(start, end, device=self._device)[None, :],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
 
     def _start_prefill(self, job: _Prefill) -> None:
         """Set up ``job``'s row and a cache holding the longest cached prefix of its prompt."""
@@ -327,6 +360,9 @@ class Batcher:
         row.alpha = alphas[0]
         # At least the last token is fed again: its logits give the reply's first token.
         reused, kv = self.prefix.match(row.prompt, row.alpha, limit=n - 1)
+        if self.steps is not None:  # copied into the bucket's static cache
+            job.cache, job.fed = self.steps.cache_for(n + row.max_new, kv), reused
+            return
         cache = DynamicCache(config=self.model.config)
         for layer, device, (keys, values) in zip(cache.layers, self._layer_devices, kv, strict=False):
             keys, values = keys.to(device), values.to(device)  # no-op on one device
@@ -365,6 +401,11 @@ class Batcher:
         )
 
     def _merge(self, row: _Row, cache: DynamicCache) -> None:
+        if self.steps is not None:  # one row at a time: its static cache is the batch's
+            self._cache, self._mask = cache, None
+            self._rows.append(row)
+            self.max_rows_seen = 1
+            return
         new_len = cache.get_seq_length()
         new_mask = torch.ones((1, new_len), dtype=torch.long, device=self._device)
         if not self._rows:
@@ -387,21 +428,12 @@ class Batcher:
             self._drop(list(range(len(rows))))
             return
         try:
-            mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=self._device)], 1)
-            # Each row's position is its own token count, not the padded column index.
-            positions = torch.tensor([[r.length - 1] for r in rows], device=self._device)
-            self._cache.qwen_ntk_alphas = tuple(r.alpha for r in rows)
-            out = self.model(
-                input_ids=torch.stack([r.ids[0, r.length - 1 : r.length] for r in rows]),
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=self._cache,
-                use_cache=True,
-            )
-            self._mask = mask
-            self.steps += 1
+            logits = self._decode(rows)
+            self.decode_steps += 1
+            for r in rows:
+                r.cached += 1
             live = [i for i, r in enumerate(rows) if not r.cancel.is_set()]
-            over = self._take_all([rows[i] for i in live], out.logits[live, -1, :])
+            over = self._take_all([rows[i] for i in live], logits[live])
             ended = sorted(set(range(len(rows))) - set(live) | {i for i, o in zip(live, over, strict=True) if o})
         except BaseException as exc:  # every reply in the batch gets the error
             log.debug("decode step failed", exc_info=True)
@@ -410,12 +442,35 @@ class Batcher:
         if ended:
             self._drop(ended)
 
+    def _decode(self, rows: list[_Row]) -> torch.Tensor:
+        """Feed every row's last token; the next-token logits, [rows, vocab]."""
+        if self.steps is not None:
+            row = rows[0]
+            return self.steps.decode(row.ids[:, row.length - 1 : row.length], row.length - 1, self._cache, row.alpha)
+        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=self._device)], 1)
+        # Each row's position is its own token count, not the padded column index.
+        positions = torch.tensor([[r.length - 1] for r in rows], device=self._device)
+        self._cache.qwen_ntk_alphas = tuple(r.alpha for r in rows)
+        out = self.model(
+            input_ids=torch.stack([r.ids[0, r.length - 1 : r.length] for r in rows]),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._mask = mask
+        return out.logits[:, -1, :]
+
+    def _end(self, row: _Row, error: BaseException | None = None) -> None:
+        self.replies += 1
+        row.finish(error)
+
     def _drop(self, ended: list[int]) -> None:
         gone = set(ended)
         keep = [i for i in range(len(self._rows)) if i not in gone]
         for i in ended:
             self._store_reply(i)
-            self._rows[i].finish()
+            self._end(self._rows[i])
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
@@ -433,15 +488,16 @@ class Batcher:
     def _store_reply(self, i: int) -> None:
         """Put the K/V of row ``i``'s prompt + reply in the prefix cache: the chat's next turn starts with them.
 
-        The row's tokens fill the rightmost columns of the batch cache (rows are left-padded),
-        as many as its mask has ones; the last token chosen was never fed, so it is not there.
+        The row's tokens fill the rightmost columns of the batch cache (rows are left-padded;
+        a static cache holds its one row from column 0); the last token chosen was never fed,
+        so it is not there.
         """
         if not self.prefix.enabled:
             return
         row = self._rows[i]
         try:
-            valid = int(self._mask[i].sum())
-            offset = self._mask.shape[1] - valid
+            valid = row.cached
+            offset = 0 if self._mask is None else self._mask.shape[1] - valid
             layers = self._cache.layers
             self.prefix.insert(
                 row.ids[0, :valid].tolist(),
@@ -461,7 +517,17 @@ class Batcher:
         self._out_of_memory(exc)
         rows, self._rows, self._cache, self._mask = self._rows, [], None, None
         for row in rows:
-            row.finish(exc)
+            self._end(row, exc)
+
+
+class _Sink:
+    """A streamer nobody reads (the warm-up's)."""
+
+    def put(self, value) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

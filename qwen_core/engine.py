@@ -58,8 +58,8 @@ class Engine(PromptSide):
 
     @property
     def batcher(self):
-        """The worker all replies go through: the decode :class:`~qwen_core.batching.Batcher`,
-        the :class:`~qwen_core.compiled.CompiledDecoder`, or None (each reply its own ``generate``)."""
+        """The one decode worker all replies go through, a :class:`~qwen_core.batching.Batcher` (with the
+        compiled step runner when compiled), or None (each reply its own ``generate``: the reference path)."""
         if (not self.max_batch and self.compile is None) or self.model is None:
             return None
         with self._batcher_lock:
@@ -68,15 +68,22 @@ class Engine(PromptSide):
             return self._batcher
 
     def _make_worker(self):
-        if self.compile is not None:
-            from .compiled import CompiledDecoder
-
-            return CompiledDecoder(
-                self.model, self.tokenizer.stop_ids, self.tokenizer.eod_id, self.info.context_length, self.compile
-            )
         from .batching import Batcher
 
-        return Batcher(self.model, self.tokenizer.stop_ids, self.max_batch, **self.batch_options)
+        steps = None
+        if self.compile is not None:  # the compiled step runner, inside the same decode loop
+            from .compiled import CompiledSteps
+
+            steps = CompiledSteps(self.model, self.info.context_length, self.compile)
+        return Batcher(self.model, self.tokenizer.stop_ids, self.max_batch or 1, steps=steps, **self.batch_options)
+
+    def warm_up(self) -> float:
+        """Run one 2-token reply through the decode worker (compiling the step when compiled); seconds."""
+        from .sampling import RowSampler, SamplingPlan
+
+        plan = SamplingPlan(self.settings(do_sample=False), 0, len(self.tokenizer), self.tokenizer.stop_ids)
+        device = self.model.get_input_embeddings().weight.device
+        return self.batcher.warm_up(RowSampler(plan, device), self.tokenizer.eod_id)
 
     # --- generation ----------------------------------------------------------
     def stream_prompt(
@@ -113,9 +120,14 @@ class Engine(PromptSide):
         cancel: threading.Event | None = None,
         system_in_first_turn: bool = False,
         constraint: TokenConstraint | None = None,
+        reply_prefix: str = "",
         **gen,
     ) -> ReplyStream:
         """Stream the reply to ``query`` as text pieces.
+
+        ``reply_prefix``: the reply's given start, written into the prompt after the assistant
+        header; the stream (and ``result.text``) holds only what the model writes after it, so
+        the caller joins the two (Continue, "Start reply with…").
 
         ``gen``: any :class:`GenerationSettings` field (do_sample, temperature, top_p, top_k,
         repetition_penalty, max_new_tokens, seed, max_window_size, presence_penalty,
@@ -124,7 +136,7 @@ class Engine(PromptSide):
         is exhausted. ``constraint``: see :meth:`stream_prompt`.
         """
         settings = self.settings(**gen)
-        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn)
+        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn, reply_prefix)
         if constraint is None:
             return self.stream_prompt(plan.ids, settings, cancel)
         return self.stream_prompt(plan.ids, settings, cancel, constraint=constraint)

@@ -8,10 +8,15 @@ The old import paths keep working: both modules re-export them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .sampling import TokenLogprob
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated (or prompt) token's log-probability and the best alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from .checkpoint import CheckpointInfo, inspect_checkpoint, resolve_checkpoint
 from .compiled import CompileSettings
 from .engine import Engine, EngineInfo
 from .errors import CheckpointError
-from .placement import Placement, plan_placement
+from .placement import Placement, cpu_llamacpp_route, plan_placement
 from .settings import GenerationSettings
 from .tokenizer import VOCAB_FILE, QwenTokenizer
 
@@ -33,6 +33,9 @@ def load_engine(
     compile: bool | CompileSettings = False,
     prefix_cache_mb: float | None = None,
     prefill_chunk: int = 512,
+    data_dir: str | Path = "data",
+    cpu_engine: str = "auto",
+    cpu_threads: int | None = None,
 ) -> Engine:
     """Load a Qwen-1 chat checkpoint onto transformers' Qwen2 implementation.
 
@@ -50,6 +53,12 @@ def load_engine(
     None: 4 GB on CPU, at most a quarter of the free RAM; 20% of the free GPU memory on
     CUDA; 0: off). ``prefill_chunk``: most tokens of a joining prompt prefilled per decode
     step while other replies run, paced to about one step's time (0: whole prompts at once).
+
+    On the CPU, ``int8`` / ``int4`` (and ``auto`` for real models when llama-cpp-python is installed)
+    return a :class:`~qwen_core.llamacpp.LlamaCppEngine` instead (see
+    :func:`~qwen_core.placement.cpu_llamacpp_route`): the checkpoint converted to GGUF once, cached
+    under ``data_dir/gguf``. ``cpu_engine``: auto, torch (never llama.cpp) or llamacpp;
+    ``cpu_threads``: llama.cpp's threads (default: every CPU this process may use).
     """
     _batch_options(prefix_cache_mb, prefill_chunk, "cpu")  # bad values are refused before any weight is read
     report = progress or (lambda fraction, message: None)
@@ -57,6 +66,14 @@ def load_engine(
     report(0.0, f"Locating {model}")
     path = resolve_checkpoint(model, source=source, cache_dir=cache_dir, offline=offline)
     ckpt = inspect_checkpoint(path)
+    route = cpu_llamacpp_route(ckpt, precision, device, cpu_engine=cpu_engine)
+    if route is not None:
+        from .llamacpp import load_llamacpp_engine
+
+        return load_llamacpp_engine(
+            str(path), route[0], data_dir=data_dir, n_threads=cpu_threads, reason=route[1], progress=progress
+        )
+    _torch_threads()
     tokenizer = QwenTokenizer(path / VOCAB_FILE)
     placement = plan_placement(ckpt, precision, device, model_id=model, attention=attention)
     report(0.1, f"Loading {path.name} as {placement.precision} on {placement.device}")
@@ -87,6 +104,16 @@ def load_engine(
     return engine
 
 
+def _torch_threads() -> None:
+    """Give torch a thread per CPU again if a llama.cpp engine loaded before had it take one."""
+    import os
+
+    import torch
+
+    if torch.get_num_threads() == 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
 def _batch_options(prefix_cache_mb: float | None, prefill_chunk: int, device: str) -> dict:
     """The Batcher's prefix-cache bound (bytes) and prefill chunk, checked."""
     if prefix_cache_mb is not None and not 0 <= prefix_cache_mb <= 2**20:
@@ -113,7 +140,7 @@ def _enable_compile(engine: Engine, settings: CompileSettings, report) -> None:
         try:
             if settings.warmup:
                 report(1.0, "Compiling the decode step (torch.compile; a minute or two)")
-                seconds = engine.batcher.warm_up()
+                seconds = engine.warm_up()
                 log.info("Compiled the decode step (smallest cache bucket) in %.1f s", seconds)
             engine.info = replace(engine.info, decode=f"compiled ({settings.backend}, {settings.mode})")
             return
@@ -132,6 +159,15 @@ def _load_model(ckpt: CheckpointInfo, placement: Placement):
     if ckpt.is_gptq:
         config.quantization_config = _gptq_config(ckpt, placement)
         config.dtype = placement.dtype
+    elif placement.precision in ("int8", "int4"):  # CUDA only (the planner): bitsandbytes at load
+        from transformers import BitsAndBytesConfig
+
+        config.quantization_config = BitsAndBytesConfig(
+            load_in_8bit=placement.precision == "int8",
+            load_in_4bit=placement.precision == "int4",
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=placement.dtype,
+        )
     model, loading = QwenV1ForCausalLM.from_pretrained(
         str(ckpt.path),
         config=config,

@@ -118,12 +118,25 @@ def _gptq_precision(ckpt: CheckpointInfo, precision: str, device: str, model_id:
     return bits_name
 
 
+def bitsandbytes_available() -> bool:
+    """Whether bitsandbytes (Int8 / NF4 quantisation at load on CUDA) is installed."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def _fp_precision(ckpt: CheckpointInfo, precision: str, device: str, gpus: list[GpuInfo], model_id) -> str:
     if precision in ("int8", "int4"):
-        raise UnsupportedCombination(
-            f"--precision {precision} needs a GPTQ checkpoint ({_nearest_name(ckpt, precision, model_id)}); "
-            f"this one stores {ckpt.stored_dtype} weights and quantizing at load time is not supported."
-        )
+        if device == "cpu":  # load_engine sends these to llama.cpp; here only with cpu_engine="torch"
+            raise UnsupportedCombination(
+                f"--precision {precision} on the CPU runs through llama.cpp (qwen_core.llamacpp), not the torch "
+                f"engine; or load the GPTQ checkpoint {_nearest_name(ckpt, precision, model_id)}."
+            )
+        if not bitsandbytes_available():
+            raise UnsupportedCombination(
+                f"--precision {precision} on a {ckpt.stored_dtype} checkpoint on CUDA quantises at load with "
+                f"bitsandbytes ({'Int8' if precision == 'int8' else 'NF4'}), which is not installed: "
+                f"pip install bitsandbytes, or load {_nearest_name(ckpt, precision, model_id)}."
+            )
+        return precision
     if device == "cpu":
         if precision == "fp16":
             raise UnsupportedCombination(
@@ -153,6 +166,8 @@ def _fp_precision(ckpt: CheckpointInfo, precision: str, device: str, gpus: list[
 def _check_memory(ckpt: CheckpointInfo, precision: str, device: str, gpus: list[GpuInfo], model_id) -> None:
     if precision in DTYPES:
         need = ckpt.n_params * _BYTES[precision]
+    elif not ckpt.is_gptq:  # bitsandbytes: 1 byte (Int8) or ~0.56 bytes (NF4 with its scales) per weight
+        need = int(ckpt.n_params * (1.0 if precision == "int8" else 0.56))
     else:
         need = ckpt.weight_bytes  # GPTQ runs at its stored size
     need = int(need * RUNTIME_OVERHEAD + RUNTIME_EXTRA_BYTES)
@@ -172,6 +187,52 @@ def _check_memory(ckpt: CheckpointInfo, precision: str, device: str, gpus: list[
     raise UnsupportedCombination(
         f"{ckpt.path.name} in {precision} needs about {need / 1e9:.1f} GB but only {have / 1e9:.1f} GB are {where}.{hint}"
     )
+
+
+CPU_ENGINES = ("auto", "torch", "llamacpp")
+
+
+def cpu_llamacpp_route(
+    ckpt: CheckpointInfo,
+    precision: str = "auto",
+    device: str = "auto",
+    gpus: list[GpuInfo] | None = None,
+    cpu_engine: str = "auto",
+) -> tuple[str, str] | None:
+    """``(precision, reason)`` when this load runs through llama.cpp on the CPU; None: the torch engine.
+
+    llama.cpp serves ``int8`` / ``int4`` on the CPU (a BF16/FP32 checkpoint quantised to Q8_0 / Q4_K_M,
+    a GPTQ one converted), and is the CPU default for real models (1B+ parameters) when installed:
+    ``auto`` becomes int8 (Q8_0: logits within ~3% of fp32 on the tiny test model), a GPTQ
+    checkpoint its own width. ``cpu_engine``: ``torch`` keeps the torch engine (``--precision fp32`` always
+    does), ``llamacpp`` forces llama.cpp (checkpoints of any size: the tests use it).
+    """
+    from .llamacpp.loading import REAL_MODEL_PARAMS, llamacpp_available, model_params, require_llamacpp
+
+    if cpu_engine not in CPU_ENGINES:
+        raise UnsupportedCombination(f"cpu_engine {cpu_engine}: use one of {', '.join(CPU_ENGINES)}.")
+    precision = (precision or "auto").strip().lower()
+    gpus = visible_gpus() if gpus is None else gpus
+    on_cpu = (device or "auto").strip().lower() == "cpu" or ((device or "auto") == "auto" and not gpus)
+    if not on_cpu or cpu_engine == "torch" or precision in DTYPES:
+        if cpu_engine == "llamacpp" and on_cpu and precision in DTYPES:
+            raise UnsupportedCombination(f"llama.cpp runs int8 or int4 here; --precision {precision} runs on torch.")
+        return None
+    wanted = cpu_engine == "llamacpp"
+    real = model_params(ckpt.config) >= REAL_MODEL_PARAMS
+    if ckpt.is_gptq:
+        own = f"int{ckpt.quant_bits}"
+        if precision not in ("auto", own) or not (wanted or (real and llamacpp_available())):
+            return None  # the torch engine's GPTQ path (and its refusals)
+        require_llamacpp(own)
+        return own, f"GPTQ {own.capitalize()} weights converted for llama.cpp's CPU kernels"
+    if precision in ("int8", "int4"):
+        require_llamacpp(precision)
+        return precision, f"--precision {precision} on the CPU"
+    if wanted or (real and llamacpp_available()):
+        require_llamacpp("int8")
+        return "int8", "the CPU default for real models (Q8_0); --precision fp32 for exact output"
+    return None
 
 
 def plan_placement(
@@ -195,7 +256,9 @@ def plan_placement(
         dtype = torch.float16 if device != "cpu" else torch.float32
     else:
         precision = _fp_precision(ckpt, precision, device, used, model_id)
-        dtype = DTYPES[precision]
+        # bitsandbytes computes in the GPU's half type around its Int8 / NF4 weights.
+        half = torch.float16 if any(g.capability < (8, 0) for g in used) else torch.bfloat16
+        dtype = DTYPES.get(precision, half)
     _check_memory(ckpt, precision, device, used, model_id)
     if device == "cpu":
         device_map: dict | str = {"": "cpu"}

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .messages import DEFAULT_SYSTEM, Message, split
 from .tokenizer import IM_END, IM_START, QwenTokenizer
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
+__all__ = ["DEFAULT_SYSTEM", "PromptBuilder", "PromptPlan", "normalize_history"]
 Turn = tuple[str, str | None]
 
 
@@ -28,7 +29,8 @@ class PromptPlan:
     kept_from: int  # index of the oldest kept turn; turns before it were dropped
     system_tokens: int
     history_tokens: int  # tokens of the kept turns
-    query_tokens: int  # tokens of the current query turn and the assistant header
+    query_tokens: int  # tokens of the current query turn and the assistant header (and the reply prefix)
+    reply_prefix_tokens: int = 0  # tokens of the reply's given start, the prompt's last ids
 
     @property
     def dropped_turns(self) -> list[int]:
@@ -81,8 +83,12 @@ class PromptBuilder:
         system: str | None = DEFAULT_SYSTEM,
         max_window_size: int = 6144,
         system_in_first_turn: bool = False,
+        reply_prefix: str = "",
     ) -> PromptPlan:
         """Build the prompt for ``query`` after ``history`` under ``system``; see the module docstring.
+
+        ``reply_prefix``: the start of the reply, written after ``<|im_start|>assistant\\n`` (encoded
+        as content is), so that the model continues it (Continue, "Start reply with…").
 
         ``system_in_first_turn`` moves a persona out of the system turn into the
         oldest *kept* user message (or the query), as Qwen's maintainers advise for
@@ -91,6 +97,8 @@ class PromptBuilder:
         """
         if not isinstance(query, str):
             raise ValueError("query must be text")
+        if not isinstance(reply_prefix, str):
+            raise ValueError("reply_prefix must be text")
         system = DEFAULT_SYSTEM if system is None else system
         turns = normalize_history(history)
         persona = ""
@@ -113,12 +121,14 @@ class PromptBuilder:
         elif persona:
             query = persona + query
         tail = self._nl + self._segment("user", query) + self._nl + self._start + self._role_ids["assistant"] + self._nl
+        prefix_ids = self.tok.encode(reply_prefix) if reply_prefix else []
+        tail += prefix_ids
         text = f"{IM_START}system\n{system}{IM_END}"
         for user, assistant in kept_turns:
             text += f"\n{IM_START}user\n{user}{IM_END}\n"
             if assistant is not None:
                 text += f"{IM_START}assistant\n{assistant}{IM_END}"
-        text += f"\n{IM_START}user\n{query}{IM_END}\n{IM_START}assistant\n"
+        text += f"\n{IM_START}user\n{query}{IM_END}\n{IM_START}assistant\n{reply_prefix}"
         return PromptPlan(
             ids=system_ids + kept + tail,
             text=text,
@@ -127,4 +137,17 @@ class PromptBuilder:
             system_tokens=len(system_ids),
             history_tokens=len(kept),
             query_tokens=len(tail),
+            reply_prefix_tokens=len(prefix_ids),
         )
+
+    def plan_messages(
+        self,
+        messages: Sequence[Message | dict],
+        max_window_size: int = 6144,
+        system_in_first_turn: bool = False,
+        reply_prefix: str = "",
+    ) -> PromptPlan:
+        """The prompt for a chat given as :class:`~qwen_core.messages.Message` s (or OpenAI dicts), ending
+        with the user's message; the same ids as :meth:`plan` of its (query, history, system)."""
+        system, history, query = split(messages)
+        return self.plan(query, history, system, max_window_size, system_in_first_turn, reply_prefix)

@@ -18,26 +18,17 @@ plans share a :attr:`SamplingPlan.key` are filtered as one tensor), and the per-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from .errors import GenerationError
+from .info import TokenLogprob  # torch-free (the remote backend relays logprobs too); re-exported here
 from .settings import GenerationSettings
 
 NEG_INF = -float("inf")
 TOP_P_CANDIDATES = 512  # top-p looks at this many best logits before falling back to a full sort
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A generated (or prompt) token's log-probability and the best alternatives at its position."""
-
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
 
 
 @runtime_checkable

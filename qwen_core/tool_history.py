@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .messages import Message
 from .prompt import DEFAULT_SYSTEM
 
 Flat = list[tuple[str, str, tuple[str, str] | None]]  # (role, content, (name, arguments) or None)
@@ -67,10 +68,13 @@ def _match_tool_results(msgs: list) -> list:
     return msgs
 
 
-def flatten(messages: Sequence[dict]) -> tuple[str, Flat]:
+def flatten(messages: Sequence[dict | Message]) -> tuple[str, Flat]:
     """The system text, and the messages as the original's list of (role, content, function_call): a
-    message with several tool calls becomes one assistant message per call, each followed by its result."""
-    msgs = list(messages)
+    message with several tool calls becomes one assistant message per call, each followed by its result.
+
+    ``messages``: OpenAI-style dicts or :class:`~qwen_core.messages.Message` s (read through their
+    OpenAI form, so both are checked alike)."""
+    msgs = [m.to_openai() if isinstance(m, Message) else m for m in messages]
     system_parts: list[str] = []
     while msgs and isinstance(msgs[0], dict) and msgs[0].get("role") in ("system", "developer"):
         system_parts.append(strip(as_text(msgs.pop(0).get("content"), f"messages[{len(system_parts)}].content")))

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .messages import Message
 from .tokenizer import IM_END, IM_START
 from .tool_history import flatten, strip, turns
 from .tool_reply import ToolReplyParser
@@ -172,7 +173,7 @@ def _forced_prefix(choice: str, human: dict[str, str], names: tuple[str, ...], c
 
 
 def plan_tool_messages(
-    messages: list[dict],
+    messages: list[dict | Message],
     *,
     tools: list[dict] | None = None,
     tool_choice: Any = None,
@@ -191,6 +192,7 @@ def plan_tool_messages(
         raise ValueError("parallel_tool_calls must be true or false")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
+    messages = [m.to_openai() if isinstance(m, Message) else m for m in messages]  # one shape below
     fns = _functions(tools, functions)
     names = tuple(f.get("name_for_model") or f["name"] for f in fns)
     choice = _choice(tool_choice, function_call, names)

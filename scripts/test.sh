@@ -12,3 +12,8 @@ fi
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"
+# The remote backend against a real vLLM (CPU build, cached in ~/.cache/qwen-chat; docs/DEPLOY.md):
+# only on a whole run (a targeted `scripts/test.sh -k ...` stays targeted); QWEN_SKIP_VLLM=1 skips it.
+if [ "$#" -eq 0 ] && [ "${QWEN_SKIP_VLLM:-0}" != 1 ]; then
+  bash scripts/test-vllm.sh
+fi

@@ -23,6 +23,7 @@ from .middleware import (  # noqa: F401 - re-exported: tests and docs read the o
     LOGIN_PAGE_PATHS,
     LOGIN_PAGE_PREFIXES,
     OPEN_PATHS,
+    PAGE_MAX_BYTES,
     AccessLog,
     BodyLimit,
     Cors,
@@ -153,7 +154,7 @@ def create_app(
     # add_middleware puts each new one outside the previous: this reads innermost first.
     app.add_middleware(UploadRecorder, registry=uploads)
     app.add_middleware(EdgeAuth, auth=auth, gradio_app=lambda: gradio_app)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, page_max_bytes=PAGE_MAX_BYTES)
     app.add_middleware(Cors, origins=tuple(cors_origins))
     app.add_middleware(AccessLog)
     app.state.auth = auth

@@ -146,23 +146,40 @@ class BodyTooLarge(Exception):
     """Raised inside ``receive`` when a body passes the limit (unwinds the route that reads it)."""
 
 
+# The chat page's own events and uploads carry a browser's chats (an import may be 20 MiB:
+# ui.conversations.MAX_IMPORT_BYTES); with the API's 2 MB limit a long history got 413 on every event.
+# Uploads stop at 20 MiB of body, before Gradio's own max_file_size check (which answers but then
+# reads the whole body); events get room for a 20 MiB store and the event around it.
+PAGE_MAX_BYTES = {
+    "/gradio_api/upload": 20 * 2**20,
+    "/gradio_api/queue/join": 24 * 2**20,
+    "/gradio_api/run/": 24 * 2**20,
+}
+
+
 class BodyLimit:
     """Counts request body bytes as they arrive, on every route; at ``max_bytes`` answers 413
-    without reading the rest (a declared ``Content-Length`` over the limit is refused at once)."""
+    without reading the rest (a declared ``Content-Length`` over the limit is refused at once).
+    The chat page's paths (``page_max_bytes``: path prefix → limit) may be larger, never smaller."""
 
-    def __init__(self, app, max_bytes: int = 2_000_000):
+    def __init__(self, app, max_bytes: int = 2_000_000, page_max_bytes: dict[str, int] | None = None):
         self.app, self.max_bytes = app, max_bytes
+        self.page_max_bytes = {k: max(max_bytes, v) for k, v in (page_max_bytes or {}).items()}
+
+    def _limit(self, path: str) -> int:
+        return next((v for k, v in self.page_max_bytes.items() if path.startswith(k)), self.max_bytes)
 
     async def _too_large(self, scope, send) -> None:
-        message = f"Request body larger than {self.max_bytes:,} bytes."
+        message = f"Request body larger than {self._limit(scope['path']):,} bytes."
         body = error_body(scope["path"], 413, message, "invalid_request_error")
         await send_json(send, 413, body, {"Connection": "close"})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self._limit(scope["path"])
         for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
                 return await self._too_large(scope, send)
         state = {"received": 0, "over": False, "started": False}
 
@@ -170,7 +187,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_bytes:
+                if state["received"] > limit:
                     state["over"] = True
                     raise BodyTooLarge
             return message

@@ -98,7 +98,7 @@ def test_readyz_and_v1_answer_503_while_every_server_is_dead(engine, ckpt_dir, t
         body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
         resp = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
         assert resp.status_code == 503, resp.text
-        assert resp.headers["Retry-After"] == "7"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 7  # the rest of the 7 s cool-down /readyz started
         assert "No inference server" in resp.json()["error"]["message"]
     finally:
         server.should_exit = True

@@ -258,3 +258,58 @@ def test_compile_flags_are_checked_at_start_up():
     with pytest.raises(ValueError, match="local model only"):
         app.parse_config(["--compile", "--backend", "openai", "--endpoint", "http://x", "--tokenizer-dir", "t"])
     assert app.parse_config([]).concurrency == 4 and not app.parse_config([]).compile
+
+
+def _turns(engine, reference, queries) -> list[tuple[str, str]]:
+    history: list[tuple[str, str]] = []
+    for query in queries:
+        got = engine.stream_chat(query, history=history, **GREEDY)
+        got.text()
+        want = reference.stream_chat(query, history=history, **GREEDY)
+        want.text()
+        assert got.result.token_ids == want.result.token_ids, (query, history)
+        history.append((query, got.result.text))
+    return history
+
+
+def test_compiled_steps_run_inside_the_one_batcher_and_reuse_the_prefix_cache(ckpt_dir, engine):
+    # One decode loop: the compiled path is the batcher's step runner, not a loop of its own.
+    compiled = load_engine(str(ckpt_dir), precision="fp32", device="cpu", compile=TRACE_ONLY)
+    plain = load_engine(str(ckpt_dir), precision="fp32", device="cpu", prefix_cache_mb=0)
+    try:
+        assert type(compiled.batcher).__name__ == "Batcher" and compiled.batcher.max_batch == 1
+        # A chat's next turn reuses the previous turn's K/V in the static cache and gives the
+        # tokens a cache-less batch engine gives.
+        _turns(compiled, plain, ["Hello there.", "Tell me more.", "And then?"])
+        stats = compiled.batcher.stats()["prefix_cache"]
+        assert stats["hits"] >= 2 and stats["tokens_reused"] > 0
+    finally:
+        compiled.unload()
+        plain.unload()
+
+
+def test_compiled_regenerate_beyond_the_trained_context_reuses_the_prompt(compiled, long_ckpt_dir):
+    # seq_length 16: every prompt here runs past it (NTK alpha > 1, LogN on). A follow-up turn's
+    # prompt is longer, so its alpha differs and nothing is reused (exactness); a regenerate has
+    # the same prompt, the same alpha, and reuses all of it but the last token.
+    plain = load_engine(str(long_ckpt_dir), precision="fp32", device="cpu", prefix_cache_mb=0)
+    try:
+        history = _turns(compiled, plain, ["Hello there.", "Tell me more."])
+        reused = compiled.batcher.stats()["prefix_cache"]["tokens_reused"]
+        reply = compiled.stream_chat("Tell me more.", history=history[:-1], **GREEDY)
+        reply.text()
+        assert reply.result.text == history[-1][1]
+        gained = compiled.batcher.stats()["prefix_cache"]["tokens_reused"] - reused
+        assert gained == reply.result.prompt_tokens - 1
+    finally:
+        plain.unload()
+
+
+def test_prompt_lengths_in_one_cache_size_add_no_graph(compiled, long_engine):
+    before = _unique_graphs()  # bucket 64 was compiled at load (a 1-token prompt)
+    for n in (0, 2, 5, 9, 14):  # prompts of ~20..45 tokens: other lengths and NTK alphas, the same bucket
+        query = "d " * n + "e"
+        assert compiled.chat(query, max_new_tokens=4, do_sample=False) == long_engine.chat(
+            query, max_new_tokens=4, do_sample=False
+        )
+    assert _unique_graphs() == before

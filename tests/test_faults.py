@@ -460,8 +460,10 @@ def test_remote_dying_mid_stream_in_the_ui_keeps_the_partial_reply(faulty, ckpt_
         with pytest.raises(GenerationError, match="broke off"):
             bounded(lambda: list(service.stream_reply(store, SYSTEM, GREEDY, "s1")), 60, "the UI reply")
         msgs = service.active(store)["messages"]
-        last = {k: v for k, v in msgs[-1].items() if k != "id"}  # every message carries an id (ui/merge.py)
+        # every message carries an id (ui/merge.py); replies carry their stats (ui/versions.py)
+        last = {k: v for k, v in msgs[-1].items() if k not in ("id", "info")}
         assert last == {"role": "assistant", "content": "".join(DROP_PIECES).strip()}
+        assert msgs[-1]["info"]["finish"] == "error"  # the partial reply says it broke off
         assert not service.is_busy("s1") and service.scheduler.stats()["active"] == 0
     finally:
         manager.engine.unload()

@@ -123,8 +123,6 @@ def test_checkpoint_code_is_never_executed(engine):
     ("precision", "device", "pattern"),
     [
         ("fp16", "cpu", "fp16 on the CPU is not supported.*bf16"),
-        ("int4", "cpu", "needs a GPTQ checkpoint"),
-        ("int8", "cpu", "needs a GPTQ checkpoint"),
         ("fp64", "cpu", "use one of auto, fp32"),
         ("auto", "cuda", "no CUDA GPU is visible.*--device cpu"),
         ("auto", "cuda:1", "no CUDA GPU is visible"),
@@ -134,6 +132,18 @@ def test_checkpoint_code_is_never_executed(engine):
 def test_refused_combinations_on_this_machine(ckpt_dir, precision, device, pattern):
     with pytest.raises(UnsupportedCombination, match=pattern):
         load_engine(str(ckpt_dir), precision=precision, device=device)
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_int_widths_on_a_bf16_checkpoint_need_llamacpp_on_cpu_and_bitsandbytes_on_cuda(ckpt_dir, precision):
+    import importlib.util
+
+    # On the CPU they run through llama.cpp (tests/test_llamacpp.py); the torch engine refuses them.
+    with pytest.raises(UnsupportedCombination, match="runs through llama.cpp"):
+        load_engine(str(ckpt_dir), precision=precision, device="cpu", cpu_engine="torch")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(UnsupportedCombination, match="bitsandbytes.*not installed"):
+            plan_placement(_ckpt(1.8e9, "Qwen-1_8B-Chat"), precision, "cuda", gpus=[H100])
 
 
 def test_refusals_with_gpus():

@@ -443,6 +443,65 @@ def test_new_sampling_fields_and_response_format_per_dialect():
     assert not {"presence_penalty", "frequency_penalty", "logit_bias", "min_p", "response_format"} & set(neutral)
 
 
+def test_logprobs_fields_per_mode_and_dialect():
+    """#13: logprobs travel as OpenAI's fields; vLLM is asked to name tokens by id (return_tokens_as_token_ids)."""
+    stops = (151645, 151644, 151643)
+    req = _Request([1, 2], "t", [{"role": "user", "content": "x"}], GenerationSettings(logprobs=3), 5, None)
+    ids = build_body(MODE_IDS, DIALECT_EXTRA, req, model=None, stop_ids=stops)
+    assert (ids["logprobs"], ids["return_tokens_as_token_ids"]) == (3, True)
+    chat = build_body(MODE_CHAT, DIALECT_STANDARD, req, model=None, stop_ids=stops)
+    assert (chat["logprobs"], chat["top_logprobs"]) == (True, 3) and "return_tokens_as_token_ids" not in chat
+    plain = _Request([1], "t", None, GenerationSettings(), 5, None)
+    assert "logprobs" not in build_body(MODE_IDS, DIALECT_EXTRA, plain, model=None, stop_ids=stops)
+
+
+def test_relayed_logprobs_are_read_back_as_qwen_ids(engine):
+    from qwen_core.remote.protocol import parse_logprobs
+
+    tok = engine.tokenizer
+    legacy = {"logprobs": {"tokens": ["token_id:31632", "token_id:9"], "token_logprobs": [-1.5, -0.25],
+                           "top_logprobs": [{"token_id:31632": -1.5, "token_id:7": -1.0, "token_id:8": -2.0},
+                                            {"token_id:9": -0.25}]}}  # fmt: skip
+    entries = parse_logprobs(legacy, False, tok, 2)
+    assert [(e.token_id, e.logprob) for e in entries] == [(31632, -1.5), (9, -0.25)]
+    assert entries[0].top == ((7, -1.0), (31632, -1.5)) and entries[1].top == ((9, -0.25),)
+    hello = tok.encode("Hello")
+    assert len(hello) == 1  # text that is exactly one token maps back too (servers without token ids)
+    chat = {"logprobs": {"content": [{"token": "Hello", "logprob": -0.5, "top_logprobs": [
+        {"token": "token_id:5", "logprob": -0.1}]}]}}  # fmt: skip
+    (entry,) = parse_logprobs(chat, True, tok, 1)
+    assert (entry.token_id, entry.logprob, entry.top) == (hello[0], -0.5, ((5, -0.1),))
+    with pytest.raises(GenerationError, match="not one Qwen token"):
+        parse_logprobs({"logprobs": {"tokens": ["Hello world"], "token_logprobs": [-1.0]}}, False, tok, 0)
+    assert parse_logprobs({"text": "x"}, False, tok, 0) == []
+
+
+def test_remote_concurrency_defaults_from_the_endpoints():
+    import app
+
+    remote = ["--backend", "openai", "--tokenizer-dir", "t"]
+    assert app.parse_config([*remote, "--endpoint", "a", "--endpoint", "b"]).concurrency == 128
+    assert app.parse_config([*remote, "--endpoint", "a", "--concurrency", "8"]).concurrency == 8
+    assert app.parse_config([*remote, *[f"--endpoint=h{i}" for i in range(9)]]).concurrency == 256  # the flag's cap
+    assert app.parse_config([]).concurrency == 4 and app.AppConfig().concurrency == 4
+
+
+def test_every_endpoint_cooling_down_is_reported_for_an_immediate_503(ckpt_dir):
+    from qwen_core.remote.pool import EndpointPool
+    from qwen_core.tokenizer import QwenTokenizer
+
+    pool = EndpointPool([_closed_url(), _closed_url()], QwenTokenizer(ckpt_dir / "qwen.tiktoken"),
+                        GenerationSettings(), cooldown=30)  # fmt: skip
+    try:
+        assert pool.cooling_for() == 0.0
+        pool.mark_down(pool.endpoints[0], "refused")
+        assert pool.cooling_for() == 0.0  # the other one may still answer
+        pool.mark_down(pool.endpoints[1], "refused")
+        assert 25 < pool.cooling_for() <= 30
+    finally:
+        pool.close()
+
+
 def test_v1_api_on_the_remote_backend_tools_completions_and_refusals(remote, ckpt_dir, engine):
     """The /v1 router on the remote engine: the same tool prompt and parsing, completions, clear 400s."""
     import openai
@@ -456,14 +515,16 @@ def test_v1_api_on_the_remote_backend_tools_completions_and_refusals(remote, ckp
         msgs = [{"role": "user", "content": "Weather in Paris?"}]
         out = c.chat.completions.create(model=srv.model, messages=msgs, tools=tools, tool_choice=choice,
                                         max_tokens=8, temperature=0)  # fmt: skip
-        assert out.choices[0].finish_reason == "tool_calls"
+        # cut by max_tokens inside the call's arguments: "length" (#13), the call still named
+        cut = out.usage.completion_tokens == 8
+        assert out.choices[0].finish_reason == ("length" if cut else "tool_calls")
         assert out.choices[0].message.tool_calls[0].function.name == "get_weather"
         plain = c.chat.completions.create(model=srv.model, messages=msgs, max_tokens=8, temperature=0)
         assert plain.choices[0].message.content == engine.chat(msgs[0]["content"], do_sample=False, max_new_tokens=8)
         text = c.completions.create(model=srv.model, prompt="The sea is", max_tokens=4, temperature=0)
         assert text.usage.completion_tokens == 4
-        with pytest.raises(openai.BadRequestError) as err:
+        with pytest.raises(openai.BadRequestError) as err:  # transformers serve can't relay logprobs with ids
             c.chat.completions.create(model=srv.model, messages=msgs, max_tokens=2, logprobs=True)
-        assert err.value.body["param"] == "logprobs"
+        assert err.value.body["message"].startswith("logprobs:")
     finally:
         srv.stop()

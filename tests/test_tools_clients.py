@@ -105,6 +105,17 @@ def test_openai_forced_tool_calls(client, choice):
     assert content == (out.choices[0].message.content or "")
 
 
+def test_openai_tool_call_cut_by_max_tokens_ends_with_length(client):
+    """#13: a call whose arguments max_tokens cut off says "length" (as OpenAI does), not "tool_calls"."""
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    out = chat(client, tools=TOOLS, tool_choice=choice, max_tokens=2)
+    assert out.choices[0].finish_reason == "length"
+    (call,) = out.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and out.usage.completion_tokens == 2
+    _, calls, finish = assemble(chat(client, tools=TOOLS, tool_choice=choice, max_tokens=2, stream=True))
+    assert finish == "length" and [c["name"] for c in calls] == ["get_weather"]
+
+
 @pytest.mark.parametrize("choice", ["auto", None])
 def test_openai_auto_streamed_equals_non_streamed(client, choice):
     kw = {"tools": TOOLS, "temperature": 0} | ({"tool_choice": choice} if choice else {})

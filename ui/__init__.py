@@ -8,10 +8,12 @@ from pathlib import Path
 import gradio as gr
 
 from .api import make_chat_endpoint
+from .browser_storage import storage_head
 from .conversations import MAX_IMPORT_BYTES
 from .handlers import Handlers
 from .layout import CSS, build_page, i18n
 from .owner import Access
+from .page_js import LANGUAGE_HEAD
 from .personas import PersonaLibraries
 from .service import ChatService, Limits
 from .sessions import SessionSweeper
@@ -59,4 +61,12 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
     page.demo.service = service  # for tests and the HTTP API
     page.demo.sessions = handlers.sessions  # for tests
     # Uploads are chat and persona imports: nothing larger than an import may be stored.
-    return page.demo, {"i18n": i18n, "css": CSS, "max_file_size": MAX_IMPORT_BYTES}
+    # run_history=False: Gradio's run history (/gradio_api/runs) would keep every event's inputs,
+    # the chats in plaintext, in the browser's storage. The head script catches failed store writes.
+    return page.demo, {
+        "i18n": i18n,
+        "css": CSS,
+        "max_file_size": MAX_IMPORT_BYTES,
+        "run_history": False,
+        "head": storage_head(config.server_history) + LANGUAGE_HEAD,
+    }

@@ -23,9 +23,11 @@ import json
 import time
 import uuid
 
+from qwen_core.messages import from_store, history_pairs
 from qwen_core.text import lone_surrogate
 
 from .render import display_markdown, safe_markdown
+from .tool_view import imported_tool_fields, is_tool_step, tool_item, tool_markdown
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 MAX_MESSAGES = 10_000
@@ -83,17 +85,9 @@ def title_from(text: str) -> str:
 
 
 def to_model_history(messages: list[dict]) -> list[tuple[str, str]]:
-    """(user, assistant) pairs for the prompt builder; events and an unanswered last user turn left out."""
-    pairs: list[tuple[str, str]] = []
-    pending: str | None = None
-    for msg in messages:
-        role = msg.get("role")
-        if role == "user":
-            pending = msg["content"] if pending is None else pending + "\n\n" + msg["content"]
-        elif role == "assistant" and pending is not None:
-            pairs.append((pending, msg["content"]))
-            pending = None
-    return pairs
+    """(user, assistant) pairs for the prompt builder; events, tool steps and an unanswered last user
+    turn left out (the one conversion is :func:`qwen_core.messages.from_store`)."""
+    return history_pairs(from_store(messages))
 
 
 def turn_spans(messages: list[dict]) -> list[list[int]]:
@@ -102,6 +96,8 @@ def turn_spans(messages: list[dict]) -> list[list[int]]:
     pending: list[int] = []
     for i, msg in enumerate(messages):
         if msg.get("role") == "user":
+            pending.append(i)
+        elif is_tool_step(msg) and pending:
             pending.append(i)
         elif msg.get("role") == "assistant" and pending:
             spans.append([*pending, i])
@@ -115,8 +111,10 @@ def to_chatbot(messages: list[dict]) -> list[dict]:
     The text is vetted for rendering (:func:`ui.render.safe_markdown`); the messages keep theirs.
     """
     out = []
-    for msg in messages:
-        if msg["role"] == "event":
+    for i, msg in enumerate(messages):
+        if is_tool_step(msg):
+            out.append(tool_item(messages, i))
+        elif msg["role"] == "event":
             title = "🎭 " + safe_markdown(msg["content"])
             out.append({"role": "assistant", "content": "", "metadata": {"title": title}})
         else:
@@ -141,6 +139,8 @@ def to_markdown(conv: dict, persona_name: str = "") -> str:
     for msg in conv.get("messages", []):
         if msg["role"] == "event":
             lines += [f"> 🎭 {msg['content']}", ""]
+        elif is_tool_step(msg):
+            lines += tool_markdown(msg)
         else:
             lines += [names[msg["role"]], "", msg["content"], ""]
     return "\n".join(lines)
@@ -167,14 +167,20 @@ def parse_import(text: str, source: str = "import") -> dict:
         raise ConversationError(f"{source}: more than {MAX_MESSAGES} messages")
     messages = []
     for i, msg in enumerate(data["messages"]):
-        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "event", "system"):
-            raise ConversationError(f"{source}: messages[{i}] needs a role of user, assistant or event")
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "event", "system", "tool"):
+            raise ConversationError(f"{source}: messages[{i}] needs a role of user, assistant, tool or event")
+        if msg.get("content") is None and msg.get("tool_calls"):  # OpenAI's form of a call without a thought
+            msg = {**msg, "content": ""}
         if not isinstance(msg.get("content"), str):
             raise ConversationError(f"{source}: messages[{i}].content must be text")
         if lone_surrogate(msg["content"]) is not None:
             raise ConversationError(f"{source}: messages[{i}].content holds an unpaired surrogate (not valid text)")
         role = "event" if msg["role"] == "system" else msg["role"]
-        messages.append(message(role, msg["content"]))
+        try:  # tool steps keep their data: the call (name, arguments) and which call a result answers
+            extra = imported_tool_fields(msg, f"messages[{i}]") if role in ("assistant", "tool") else {}
+        except ValueError as exc:
+            raise ConversationError(f"{source}: {exc}") from None
+        messages.append(message(role, msg["content"], **extra))
     persona_id = data.get("persona_id")
     ok_id = isinstance(persona_id, str) and 0 < len(persona_id) <= 100 and lone_surrogate(persona_id) is None
     conv = new_conversation(persona_id if ok_id else "default-assistant")

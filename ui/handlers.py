@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -19,12 +20,17 @@ from .conversations import ConversationError, export_json, parse_import, to_chat
 from .owner import Access, Owner, owner_of
 from .persona_handlers import PersonaHandlers
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
+from .refusal import Refusal
+from .server_text import chat_title, current_lang, decode_mode, prefix_cache_line, reason
+from .server_text import text as tr
 from .service import ChatInputError, ChatService
 from .sessions import SessionSweeper
 from .settings_form import SETTING_ORDER, clamp_settings, settings_dict
 from .storage import safe_name
+from .tools_panel import tool_set
 from .user_store import UserStore
 
+METER_EVERY_S = 1.0  # how often the meter is refreshed while a reply streams
 USER_ERRORS = (ChatInputError, QwenCoreError, PersonaError, ConversationError, ValueError)
 log = logging.getLogger("qwen_chat.ui")
 
@@ -74,18 +80,20 @@ class Handlers(PersonaHandlers):
 
     def _require_admin(self, request: gr.Request | None) -> None:
         if not self.owner(request).is_admin:
-            raise gr.Error(self.access.admin_rule(), duration=10)
+            raise Refusal(self.access.admin_rule(), duration=10)
 
     # --- helpers -----------------------------------------------------------
     def _view(self, store: dict) -> tuple:
         """store, chatbot, chat list, chat name — the outputs most actions refresh."""
         conv = self.service.active(store)
-        return store, to_chatbot(conv["messages"]), self.chat_list(store, ""), conv.get("title", "")
+        title = chat_title(current_lang(), conv.get("title"))
+        return store, to_chatbot(conv["messages"]), self.chat_list(store, ""), title
 
     def chat_list(self, store: dict, query: str):
         """Sidebar choices filtered by the search box."""
         convs = self.service.search(store, query)
-        return gr.update(choices=[(c.get("title") or "New chat", c["id"]) for c in convs], value=store["active"])
+        lang = current_lang()
+        return gr.update(choices=[(chat_title(lang, c.get("title")), c["id"]) for c in convs], value=store["active"])
 
     def default_settings(self) -> list:
         """The loaded checkpoint's generation defaults as slider values."""
@@ -161,6 +169,7 @@ class Handlers(PersonaHandlers):
             # The server's copy wins over this browser's: the browser may hold another login's chats.
             store = self.user_store.load(owner.history_key) or store
         store = self.service.ensure_store(store)
+        self._remember_view(store, request)
         personas = self.personas(request, store)
         conv = self.service.active(store)
         persona = personas.get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
@@ -182,14 +191,32 @@ class Handlers(PersonaHandlers):
     def persist(self, store, request: gr.Request) -> None:
         """Save to server-side storage when the user is logged in and it is enabled."""
         owner = self.owner(request, store)
+        if store:
+            self._remember_view(self.service.ensure_store(store), request)
         if self.user_store and owner.kind != "browser" and owner.id and store:
             self.user_store.merge(owner.history_key, store)  # never drops what another tab of this user wrote
+
+    def _remember_view(self, store: dict, request: gr.Request | None) -> None:
+        """Keep the store this page shows on the server, for events that send only the draft."""
+        session_id = getattr(request, "session_hash", None)
+        if session_id:
+            session = self.service.session(session_id)
+            session.view, session.view_login = store, self.owner(request).id
+
+    def _view_of(self, request: gr.Request | None) -> dict | None:
+        """The store this session's page showed last, or None (unknown session, or another login's)."""
+        session_id = getattr(request, "session_hash", None)
+        if not session_id:
+            return None
+        session = self.service.session(session_id)
+        # A session hash used under another login (or none) never reaches the first one's chats.
+        return session.view if session.view_login == self.owner(request).id else None
 
     # --- chat -------------------------------------------------------------------
     def _guard(self, request: gr.Request | None) -> None:
         """Refuse actions that would change the chat while its reply is streaming."""
         if request is not None and self.service.is_busy(request.session_hash or "anonymous"):
-            raise gr.Error("A reply is still being generated: wait for it, or press Stop.", duration=5)
+            raise Refusal("A reply is still being generated: wait for it, or press Stop.", duration=5)
 
     def submit(self, message: str, store, request: gr.Request = None):
         """Show the user's message at once and clear the input; a bad message is refused."""
@@ -198,14 +225,17 @@ class Handlers(PersonaHandlers):
         try:
             self.service.add_user_message(store, message)
         except ChatInputError as exc:
-            raise gr.Error(str(exc), duration=8) from None
+            raise Refusal(str(exc), duration=8) from None
         return "", *self._view(store)
 
     def respond(
         self, store, system, in_first_turn, examples, temperature, top_p, top_k, rep_penalty, max_new, seed, window,
-        request: gr.Request,
+        request: gr.Request, builtin_tools=None, tool_choice=None, custom_tools=None, reply_start=None,
     ):  # fmt: skip
-        """Stream the reply; errors end it with a visible note and the app keeps serving."""
+        """Stream the reply; errors end it with a visible note and the app keeps serving.
+
+        Then the Tools tab's values (:func:`ui.tools_panel.tool_set`) and "Start reply with…"
+        (the reply begins with that text; :mod:`ui.reply_controls`)."""
         values = (temperature, top_p, top_k, rep_penalty, max_new, seed, window)
         store = self.service.ensure_store(store)
         session = request.session_hash or "anonymous"
@@ -227,17 +257,26 @@ class Handlers(PersonaHandlers):
                 parse_examples(examples),
                 user=owner.rate_key,  # per login (or address), never per session: sessions are free
                 personas=self.personas(request, store),
+                tools=tool_set(builtin_tools, tool_choice, custom_tools),
+                reply_prefix=reply_start if isinstance(reply_start, str) else "",
             )
+            streaming = self.streaming_buttons(True)
+            meter_at = 0.0
             for _, stats in replies:
                 stats_text = self.stats_markdown(stats)
-                yield gr.skip(), to_chatbot(conv["messages"]), stats_text, gr.update(interactive=True)
+                meter = gr.skip()
+                if time.monotonic() - meter_at >= METER_EVERY_S:  # the reply so far counts as history
+                    meter_at = time.monotonic()
+                    meter = self.meter(store, system, "", in_first_turn, window, examples)[0]
+                yield gr.skip(), to_chatbot(conv["messages"]), stats_text, *streaming, meter
         except USER_ERRORS as exc:
             gr.Warning(str(exc), duration=10)
             conv["messages"].append({"role": "event", "content": f"⚠️ {exc}"})
         except Exception as exc:  # noqa: BLE001 - any failure is shown, and the server keeps serving
             gr.Warning(f"Generation failed: {exc}", duration=10)
             conv["messages"].append({"role": "event", "content": f"⚠️ Generation failed: {exc}"})
-        yield store, to_chatbot(conv["messages"]), stats_text, gr.update(interactive=False)
+        # The meter is recomputed (with the draft) by the event chained after this one.
+        yield store, to_chatbot(conv["messages"]), stats_text, *self.streaming_buttons(False), gr.skip()
 
     def forget_session(self, request: gr.Request) -> None:
         """The browser session ended (tab closed, client gone): stop its replies and drop its state."""
@@ -255,8 +294,21 @@ class Handlers(PersonaHandlers):
         """Once the stopped reply has ended, save the conversation with its partial reply."""
         store = self.service.wait_idle(request.session_hash or "anonymous")
         if store is None:
-            return gr.skip(), gr.skip(), gr.update(interactive=False)
-        return store, to_chatbot(self.service.active(store)["messages"]), gr.update(interactive=False)
+            return gr.skip(), gr.skip(), *self.streaming_buttons(False)
+        return store, to_chatbot(self.service.active(store)["messages"]), *self.streaming_buttons(False)
+
+    @staticmethod
+    def streaming_buttons(streaming: bool) -> tuple:
+        """Stop and Send, which share one slot: Stop (enabled) while a reply streams, Send otherwise."""
+        stop = gr.update(interactive=streaming, visible=True if streaming else "hidden")
+        send = gr.update(visible="hidden" if streaming else True)
+        return stop, send
+
+    def action_state(self, store) -> tuple:
+        """Regenerate, Undo and Clear: enabled only when the chat on screen has something to act on."""
+        messages = self.service.active(self.service.ensure_store(store))["messages"]
+        has_user = any(m["role"] == "user" for m in messages)
+        return gr.update(interactive=has_user), gr.update(interactive=has_user), gr.update(interactive=bool(messages))
 
     def regenerate(self, store, request: gr.Request = None):
         """Drop the last reply (the chain then streams a new one)."""
@@ -264,7 +316,7 @@ class Handlers(PersonaHandlers):
         try:
             self.service.regenerate(self.service.ensure_store(store))
         except ChatInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refusal(str(exc)) from None
         return self._view(store)[:2]
 
     def undo(self, store, request: gr.Request = None):
@@ -273,7 +325,7 @@ class Handlers(PersonaHandlers):
         try:
             store, text = self.service.undo(self.service.ensure_store(store))
         except ChatInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refusal(str(exc)) from None
         return *self._view(store)[:2], text
 
     def edit(self, store, data: gr.EditData, request: gr.Request = None):
@@ -283,7 +335,7 @@ class Handlers(PersonaHandlers):
             index = data.index if isinstance(data.index, int) else data.index[0]
             self.service.edit(self.service.ensure_store(store), index, str(data.value))
         except ChatInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refusal(str(exc)) from None
         return self._view(store)[:2]
 
     def clear(self, store, request: gr.Request = None):
@@ -292,6 +344,27 @@ class Handlers(PersonaHandlers):
         return self._view(self.service.clear(self.service.ensure_store(store)))
 
     # --- context meter ------------------------------------------------------------
+    def meter_view(
+        self, store, system, draft, in_first_turn, window, examples=None, request: gr.Request = None
+    ):  # fmt: skip
+        """:meth:`meter` plus :meth:`action_state`: the meter runs after every change to the chat."""
+        store = self.service.ensure_store(store)
+        self._remember_view(store, request)
+        args = (system, draft, in_first_turn, window, examples)
+        return (*self.meter(store, *args), *self.action_state(store))
+
+    def meter_draft(
+        self, system, draft, in_first_turn, window, examples=None, raw_open=False, request: gr.Request = None
+    ):
+        """:meth:`meter_view` while typing: the event carries the draft and the prompt fields only,
+        never the store; the rest is counted from the store this page showed last (server-side).
+        The raw prompt (the whole history) is sent back only while its panel is open."""
+        store = self._view_of(request)
+        if store is None:  # not known yet (the page is loading): the meter after load fills it in
+            return (gr.skip(),) * 5
+        meter, raw = self.meter(store, system, draft, in_first_turn, window, examples)
+        return (meter, raw if raw_open else gr.skip(), *self.action_state(store))
+
     def meter(self, store, system, draft, in_first_turn, window, examples=None):
         """Counts of the next prompt against the window and the context, and the raw prompt."""
         try:
@@ -305,58 +378,68 @@ class Handlers(PersonaHandlers):
             )
         except USER_ERRORS as exc:
             return f"<div data-dropped='[]'>⚠️ {html.escape(str(exc))}</div>", ""
-        pct = min(100, round(100 * r.total_tokens / max(1, r.context_length)))
-        kept_history = r.n_turns - len(r.dropped_turns)
+        lang = current_lang()
+        # The bar is drawn against max_window_size: the window, not the context, decides what is dropped.
+        pct = min(100, round(100 * r.total_tokens / max(1, r.window)))
         dropped = ""
         if r.dropped_turns:
-            dropped = (
-                f"<div class='dropped-note' role='status'>⛔ {len(r.dropped_turns)} oldest turn(s) will not be sent "
-                f"(max_window_size {r.window}); marked in the chat.</div>"
-            )
-        text = (
-            f"<div data-dropped='{json.dumps(r.dropped_messages)}'>"
-            f"<b>{r.total_tokens:,}</b> tokens in the next prompt — system {r.system_tokens:,} · "
-            f"history {r.history_tokens:,} ({kept_history}/{r.n_turns} turns) · message {r.draft_tokens:,} "
-            f"· window {r.window:,} · context {r.context_length:,}"
-            f"<div class='bar' role='progressbar' aria-label='context used' aria-valuenow='{pct}' "
+            note = tr(lang, "dropped", n=len(r.dropped_turns), window=r.window)
+            dropped = f"<div class='dropped-note' role='status'>{note}</div>"
+        counts = tr(
+            lang, "meter", total=f"{r.total_tokens:,}", system=f"{r.system_tokens:,}", history=f"{r.history_tokens:,}",
+            kept=r.n_turns - len(r.dropped_turns), turns=r.n_turns, draft=f"{r.draft_tokens:,}",
+            window=f"{r.window:,}", context=f"{r.context_length:,}",
+        )  # fmt: skip
+        html_text = (
+            f"<div data-dropped='{json.dumps(r.dropped_messages)}' data-window='{r.window}'>{counts}"
+            f"<div class='bar' role='progressbar' aria-label='{tr(lang, 'meter_bar')}' aria-valuenow='{pct}' "
             f"aria-valuemin='0' aria-valuemax='100'><div style='width:{pct}%'></div></div>{dropped}</div>"
         )
-        return text, r.raw_prompt
+        return html_text, r.raw_prompt
 
     # --- model panel ------------------------------------------------------------------
     @staticmethod
     def stats_markdown(stats) -> str:
         """Live figures of the last reply."""
-        parts = [f"**{stats.tokens}** tokens"]
+        lang = current_lang()
+        parts = [tr(lang, "stats_tokens", n=stats.tokens)]
         if stats.ttft_s is not None:
-            parts.append(f"first token {stats.ttft_s * 1000:.0f} ms")
+            parts.append(tr(lang, "stats_ttft", ms=f"{stats.ttft_s * 1000:.0f}"))
         if stats.tokens_per_s:
-            parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
+            parts.append(tr(lang, "stats_speed", tps=f"{stats.tokens_per_s:.1f}"))
         if stats.finish_reason:
-            parts.append(f"ended: {stats.finish_reason}")
+            parts.append(tr(lang, "stats_end", reason=reason(lang, stats.finish_reason)))
         if stats.seed is not None:
-            parts.append(f"seed {stats.seed}")
+            parts.append(tr(lang, "stats_seed", seed=stats.seed))
         return " · ".join(parts)
 
     def model_status(self, request: gr.Request | None = None) -> str:
         """The loaded variant, precision, device map and memory; who may switch models."""
         s = self.service.manager.status()
+        lang = current_lang()
         if not s.get("loaded"):
-            return f"⏳ The model is loading ({s.get('model') or 'model'}); chat works again once it is loaded."
+            return tr(lang, "model_loading", model=s.get("model") or "model")
         switch = ""
         if len(self.service.manager.specs) > 1 and not self.owner(request).is_admin:
-            switch = f"  \n🔒 Switching models affects every user. {self.access.admin_rule()}"
+            switch = f"  \n{tr(lang, 'switch_locked')} {self.access.admin_rule()}"
         mem = s["memory"]
         gpu = " · ".join(
-            f"{k}: {v['allocated_gb']} GB used, {v['free_gb']} GB free" for k, v in mem.items() if k != "rss_gb"
+            tr(lang, "gpu_mem", dev=k, used=v["allocated_gb"], free=v["free_gb"])
+            for k, v in mem.items()
+            if k != "rss_gb"
         )
         devices = ", ".join(sorted(set(s["device_map"].values())))
+        line = tr(
+            lang, "model_line", model=s["model"], precision=s["precision"], dtype=s["dtype"], params=s["params_b"]
+        )
+        device = tr(
+            lang, "device_line", device=s["device"], devices=devices, attention=s["attention"],
+            decode=decode_mode(lang, s.get("decode", "eager")), context=f"{s['context_length']:,}",
+        )  # fmt: skip
         return (
-            f"**{s['model']}** — {s['precision']} ({s['dtype']}), {s['params_b']} B parameters  \n"
-            f"device: {s['device']} ({devices}) · attention: {s['attention']} · decode: {s.get('decode', 'eager')} "
-            f"· context {s['context_length']:,} tokens  \n"
-            f"memory: process {mem['rss_gb']} GB{' · ' + gpu if gpu else ''}"
-            f"{'  ' + chr(10) + s['prefix_cache'] if s.get('prefix_cache') else ''}{switch}"
+            f"{line}  \n{device}  \n"
+            f"{tr(lang, 'memory_line', rss=mem['rss_gb'])}{' · ' + gpu if gpu else ''}"
+            f"{'  ' + chr(10) + prefix_cache_line(lang, s['prefix_cache']) if s.get('prefix_cache') else ''}{switch}"
         )
 
     def model_choices(self, request: gr.Request | None = None):
@@ -378,7 +461,7 @@ class Handlers(PersonaHandlers):
         self._require_admin(request)
         spec = next((s for s in self.service.manager.specs if s.name == name), None)
         if spec is None:
-            raise gr.Error(f"{name} is not a configured model.")
+            raise Refusal(f"{name} is not a configured model.")
         try:
             message = self.service.manager.switch(spec, progress=lambda f, m: progress(f, desc=m))
             gr.Info(message)
@@ -391,9 +474,10 @@ class Handlers(PersonaHandlers):
         """Start a new chat with the current persona."""
         self._guard(request)
         try:
-            store = self.service.new_conversation(self.service.ensure_store(store), persona_id)
+            store = self.service.ensure_store(store)
+            store = self.service.new_conversation(store, persona_id, self.personas(request, store))
         except ChatInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refusal(str(exc)) from None
         return self._view(store)
 
     def select_chat(self, store, conv_id, request: gr.Request = None):
@@ -404,7 +488,7 @@ class Handlers(PersonaHandlers):
             try:
                 self.service.select(store, conv_id)
             except ChatInputError as exc:
-                raise gr.Error(str(exc)) from None
+                raise Refusal(str(exc)) from None
         conv = self.service.active(store)
         persona = self.personas(request, store).get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
         fields = self.persona_fields(persona)
@@ -417,7 +501,7 @@ class Handlers(PersonaHandlers):
         try:
             store = self.service.rename(self.service.ensure_store(store), title)
         except ChatInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refusal(str(exc)) from None
         return self._view(store)
 
     def delete_chat(self, store, request: gr.Request = None):
@@ -445,14 +529,14 @@ class Handlers(PersonaHandlers):
     def _read_upload(file) -> tuple[str, str]:
         """The uploaded file's text and its own name; errors name only that name, never a server path."""
         if file is None:
-            raise gr.Error("No file was uploaded.")
+            raise Refusal("No file was uploaded.")
         path = Path(file if isinstance(file, str) else file.name)
         try:
             return path.read_text(encoding="utf-8"), path.name
         except UnicodeDecodeError:
-            raise gr.Error(f"{path.name}: cannot be read as UTF-8 text; export it again as JSON.") from None
+            raise Refusal(f"{path.name}: cannot be read as UTF-8 text; export it again as JSON.") from None
         except OSError:
-            raise gr.Error(f"{path.name}: the upload cannot be read; upload the file again.") from None
+            raise Refusal(f"{path.name}: the upload cannot be read; upload the file again.") from None
 
     def import_chat(self, store, file):
         """Add a chat from an exported JSON file."""
@@ -461,5 +545,5 @@ class Handlers(PersonaHandlers):
             conv = parse_import(text, name)
             store = self.service.add_imported(self.service.ensure_store(store), conv)
         except ConversationError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refusal(str(exc)) from None
         return self._view(store)

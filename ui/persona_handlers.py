@@ -13,7 +13,10 @@ from dataclasses import replace
 import gradio as gr
 
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, parse_persona
+from .refusal import Refusal
 from .render import safe_markdown  # persona names are user text, shown in a Markdown status line
+from .server_text import current_lang
+from .server_text import text as tr
 from .settings_form import settings_dict
 
 
@@ -76,9 +79,9 @@ class PersonaHandlers:
             )
             persona = personas.save(persona, shared=shared)
         except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        where = " to the shared library" if shared else ""
-        return self.persona_choices(persona.id, personas), f"✅ Saved “{safe_markdown(persona.name)}”{where}."
+            raise Refusal(str(exc)) from None
+        status = tr(current_lang(), "saved_shared" if shared else "saved", name=safe_markdown(persona.name))
+        return self.persona_choices(persona.id, personas), status
 
     def save_shared_persona(
         self, store, persona_id, name, avatar, system, greeting, dialogue, first_turn,
@@ -105,23 +108,31 @@ class PersonaHandlers:
             )
             persona = personas.save(replace(persona, name=copy_name))
         except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.persona_choices(persona.id, personas), f"✅ Created “{safe_markdown(persona.name)}”.", persona.name
+            raise Refusal(str(exc)) from None
+        status = tr(current_lang(), "created", name=safe_markdown(persona.name))
+        return self.persona_choices(persona.id, personas), status, persona.name
 
     def delete_persona(self, store, persona_id, request: gr.Request = None):
         """Delete one of your personas (a built-in it overrode comes back); admins: a shared one."""
         personas = self.personas(request, store)
+        persona = personas.get(persona_id or "")
+        if persona is not None and persona.builtin:
+            raise Refusal(
+                f"“{persona.name}” is a built-in persona and cannot be deleted. "
+                "Press Duplicate to make your own copy, which you can edit or delete.",
+                duration=10,
+            )
         try:
             personas.delete(persona_id or "")
         except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        return self.persona_choices(DEFAULT_PERSONA_ID, personas), "🗑️ Deleted."
+            raise Refusal(str(exc)) from None
+        return self.persona_choices(DEFAULT_PERSONA_ID, personas), tr(current_lang(), "deleted")
 
     def export_persona(self, store, persona_id, request: gr.Request = None):
         """The persona as a JSON file, written only when asked (the Export button); shows its download button."""
         persona = self.personas(request, store).get(persona_id or "")
         if persona is None:
-            raise gr.Error("Pick a persona to export first.")
+            raise Refusal("Pick a persona to export first.")
         text = json.dumps(persona.to_json(), ensure_ascii=False, indent=2)
         return gr.update(value=self._write(f"{persona.id}.persona.json", text, request), visible=True)
 
@@ -132,6 +143,8 @@ class PersonaHandlers:
         try:
             added = personas.import_json(text, name)
         except PersonaError as exc:
-            raise gr.Error(str(exc)) from None
-        names = ", ".join(p.name for p in added[:10]) + (f" and {len(added) - 10} more" if len(added) > 10 else "")
-        return self.persona_choices(added[-1].id, personas), f"✅ Imported {safe_markdown(names)}."
+            raise Refusal(str(exc)) from None
+        lang = current_lang()
+        more = tr(lang, "and_more", n=len(added) - 10) if len(added) > 10 else ""
+        names = ", ".join(p.name for p in added[:10]) + more
+        return self.persona_choices(added[-1].id, personas), tr(lang, "imported", names=safe_markdown(names))

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 from qwen_core.errors import QwenCoreError
 from qwen_core.manager import ModelManager
+from qwen_core.messages import from_store
 from qwen_core.scheduler import Busy, Scheduler
 from qwen_core.text import coalesced, is_blank, lone_surrogate
 
+from . import versions
 from .conversations import (
     MAX_CONVERSATIONS,
     MAX_MESSAGES,
@@ -31,6 +33,7 @@ from .conversations import (
 )
 from .owner import BROWSER_ID_KEY, new_browser_id
 from .personas import DEFAULT_PERSONA_ID, PersonaStore
+from .tool_loop import StepCancels, ToolSet, pending_call, run_tool_reply
 
 MAX_DELETED_CHATS = 2000  # ids of deleted chats kept (so a merge does not bring them back)
 
@@ -83,6 +86,11 @@ class _Session:
     idle: threading.Event = field(default_factory=threading.Event)  # set while no reply is generating
     api_cancels: set = field(default_factory=set)  # cancel events of this session's scripted (/chat) replies
     store: dict | None = None  # the store as the running (or last) reply left it
+    trash: dict | None = None  # the chat last deleted or cleared, for Restore (ui.reply_controls)
+    # The store this session's page last showed (load, every change, the meter after it), with the
+    # login it was seen under: typing events send only the draft and the meter counts against this.
+    view: dict | None = None
+    view_login: str | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -158,7 +166,11 @@ class ChatService:
             raise ChatInputError("This conversation is too long to continue; start a new chat.")
         if not any(m["role"] == "user" for m in conv["messages"]):
             conv["title"] = title_from(text)
-        conv["messages"].append(message("user", text))
+        call = pending_call(conv["messages"])
+        if call is not None:  # a call of the user's own tool waits: this message is its result (ui.tool_loop)
+            conv["messages"].append(message("tool", text, tool_call_id=call.get("id"), name=call["function"]["name"]))
+        else:
+            conv["messages"].append(message("user", text))
         self._touch(conv)
         return store
 
@@ -215,29 +227,54 @@ class ChatService:
         examples: list[tuple[str, str]] | None = None,
         user: str | None = None,
         personas: PersonaStore | None = None,
+        tools: ToolSet | None = None,
+        reply_prefix: str = "",
+        continue_last: bool = False,
     ) -> Iterator[tuple[dict, ReplyStats]]:
         """Generate the reply to the last user message, yielding the growing store.
+
+        ``reply_prefix`` ("Start reply with…"): the reply starts with this text and the model goes on
+        from it. ``continue_last`` (Continue): the last reply is extended instead, its text being the
+        prefix. Either way the prompt is the model's own ChatML with the text after the assistant
+        header (``qwen_core``'s ``reply_prefix``), and the message holds prefix + continuation.
 
         ``user`` is what rate limits and fair turns count by (the login, or the client's
         address; never the session, which a client can renew at will); ``personas`` is the
         caller's persona view (to name a persona switch). The partial reply stays in the
         conversation if generation is stopped; closing this generator (Gradio does when Stop
-        cancels the event) stops the worker.
+        cancels the event) stops the worker. With ``tools`` enabled (or a tool result to answer), the
+        reply runs Qwen's ReAct loop (:mod:`ui.tool_loop`), its steps kept in the conversation.
         """
         conv = self.active(store)
         msgs = conv["messages"]
-        if not msgs or msgs[-1]["role"] != "user":
+        target = None  # the reply Continue extends
+        mark = conv.pop(versions.CONTINUE_KEY, None)  # Continue pressed (ui.reply_controls): for this reply only
+        if mark is not None and (found := versions.last_reply(msgs)) is not None and found[1].get("id") == mark:
+            continue_last = True
+        if continue_last:
+            found = versions.last_reply(msgs)
+            if found is None or not found[1]["content"].strip() or versions.user_before(msgs, found[0]) is None:
+                raise ChatInputError("There is no reply to continue yet: send a message first.")
+            target, tools = found[1], None  # a plain reply goes on as plain text
+            reply_prefix = target["content"]
+            asked = msgs[: found[0]]  # what the reply answers (events after it are only notes)
+        elif not msgs or msgs[-1]["role"] not in ("user", "tool"):
             raise ChatInputError("There is no message waiting for a reply.")
+        else:
+            asked = list(msgs)
+        if not isinstance(reply_prefix, str):
+            raise ChatInputError("The start of the reply must be text.")
+        self._check_chars(reply_prefix)
         engine = self._engine()
-        query_at = len(msgs) - 1
-        pending = [msgs[query_at]["content"]]
-        while query_at > 0 and msgs[query_at - 1]["role"] == "user":  # several unanswered messages
+        query_at = len(asked) - 1
+        while query_at > 0 and asked[query_at - 1]["role"] == "user":  # several unanswered messages
             query_at -= 1
-            pending.insert(0, msgs[query_at]["content"])
-        # A persona's example dialogue leads the history, as character cards do; being the
-        # oldest turns, it is the first thing the window drops.
-        history = list(examples or []) + to_model_history(msgs[:query_at])
-        self._note_system_change(conv, system, query_at, personas)
+        # One conversion from the store to the model's messages (qwen_core.messages.from_store): a
+        # persona's example dialogue leads the history, as character cards do; being the oldest
+        # turns, it is the first thing the window drops. Unanswered user messages are joined.
+        chat = from_store(asked, examples, system)
+        if target is None:
+            self._note_system_change(conv, system, query_at, personas)
         session = self.session(session_id)
         if not session.idle.is_set():
             raise ChatInputError("A reply is still being generated; wait for it or press Stop.")
@@ -254,21 +291,25 @@ class ChatService:
         except BaseException:
             session.idle.set()
             raise
-        try:
-            stream = engine.stream_chat(
-                "\n\n".join(pending),
-                history,
-                system,
-                cancel=cancel,
-                system_in_first_turn=system_in_first_turn,
-                **gen,
+        if target is None and (msgs[-1]["role"] == "tool" or (tools is not None and tools.active)):
+            yield from self._tool_reply(
+                engine, store, system, gen, list(examples or []), tools or ToolSet(), session, cancel
             )
+            return
+        try:
+            if reply_prefix:  # only when given: a backend without it keeps its signature
+                gen["reply_prefix"] = reply_prefix
+            stream = engine.stream_messages(chat, cancel=cancel, system_in_first_turn=system_in_first_turn, **gen)
         except BaseException:
             self.scheduler.release()
             session.idle.set()
             raise
-        reply = message("assistant", "")
-        conv["messages"].append(reply)
+        if target is None:
+            reply = message("assistant", reply_prefix)
+            conv["messages"].append(reply)
+        else:
+            reply = target
+        answered = versions.user_before(conv["messages"], conv["messages"].index(reply))
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
         try:
@@ -288,6 +329,35 @@ class ChatService:
             reply["content"] = reply["content"].strip()
             if res.finish_reason == "cancelled":
                 reply["stopped"] = True
+            else:
+                reply.pop("stopped", None)
+            # this reply's figures, shown under it (a Continue adds its tokens to the reply's)
+            before = (reply.get("info") or {}).get("tokens", 0) if target is not None else 0
+            reply["info"] = {
+                "tokens": before + res.completion_tokens,
+                "ttft_s": res.time_to_first_token_s,
+                "tokens_per_s": res.tokens_per_s,
+                "finish": res.finish_reason,
+            }
+            versions.attach(conv, reply, answered)
+            self._touch(conv)
+            session.idle.set()
+            self.scheduler.release()
+        yield store, stats
+
+    def _tool_reply(
+        self, engine, store, system, gen, examples, tools, session, cancel
+    ) -> Iterator[tuple[dict, ReplyStats]]:
+        """The reply as a ReAct loop (the slot is held; released here)."""
+        conv, stats = self.active(store), ReplyStats()
+        try:
+            steps = run_tool_reply(
+                engine, conv["messages"], system, tools, gen, StepCancels(session, cancel), stats, examples,
+                self.limits.updates_per_second,
+            )  # fmt: skip
+            for _ in steps:
+                yield store, stats
+        finally:
             self._touch(conv)
             session.idle.set()
             self.scheduler.release()
@@ -306,7 +376,10 @@ class ChatService:
         """Remove the last reply so :meth:`stream_reply` writes a new one."""
         conv = self.active(store)
         msgs = conv["messages"]
-        while msgs and msgs[-1]["role"] in ("assistant", "event"):
+        found = versions.last_reply(msgs)
+        if found is not None and (user := versions.user_before(msgs, found[0])) is not None:
+            versions.stash(conv, found[1], user["content"], user["id"])  # the new reply gets it as a version
+        while msgs and msgs[-1]["role"] in ("assistant", "event", "tool"):
             forget(conv, [msgs.pop()])
         if not msgs:
             raise ChatInputError("Nothing to regenerate yet: send a message first.")
@@ -318,7 +391,7 @@ class ChatService:
         conv = self.active(store)
         msgs = conv["messages"]
         removed = []
-        while msgs and msgs[-1]["role"] in ("assistant", "event"):
+        while msgs and msgs[-1]["role"] in ("assistant", "event", "tool"):
             removed.append(msgs.pop())
         if not msgs:
             forget(conv, removed)
@@ -342,9 +415,14 @@ class ChatService:
         self._check_chars(text)
         if len(text) > self.limits.max_message_chars:
             raise ChatInputError(f"The message is longer than {self.limits.max_message_chars:,} characters.")
+        found = versions.last_reply(msgs)
+        edited = message("user", text)
+        if found is not None and versions.user_before(msgs, found[0]) is msgs[index]:
+            # the last exchange: its reply stays a version (with the text it answered) of the new one
+            versions.stash(conv, found[1], msgs[index]["content"], edited["id"])
         forget(conv, msgs[index:])
         del msgs[index + 1 :]
-        msgs[index] = message("user", text)
+        msgs[index] = edited
         self._touch(conv)
         return store
 
@@ -411,14 +489,25 @@ class ChatService:
         )
 
     # --- conversations --------------------------------------------------------
-    def new_conversation(self, store: dict, persona_id: str | None = None) -> dict:
-        """Start a new chat (reusing an empty one on screen)."""
+    def new_conversation(
+        self, store: dict, persona_id: str | None = None, personas: PersonaStore | None = None
+    ) -> dict:
+        """Start a new chat (reusing an empty one on screen), opened by the persona's greeting."""
         conv = self.active(store)
-        if not conv["messages"]:
+        pid = persona_id or conv.get("persona_id") or DEFAULT_PERSONA_ID
+        persona = (personas or self.personas).get(pid)
+        greeting = persona.greeting if persona is not None else ""
+        if not conv["messages"] or all(m.get("greeting") for m in conv["messages"]):  # nothing said yet
+            if conv.get("persona_id") != pid or not conv["messages"]:
+                forget(conv, conv["messages"])
+                conv["persona_id"] = pid
+                conv["messages"] = [message("assistant", greeting, greeting=True)] if greeting else []
             return store
         if len(store["conversations"]) >= self.limits.max_conversations:
             raise ChatInputError(f"You have {self.limits.max_conversations} chats; delete some first.")
-        fresh = new_conversation(persona_id or conv.get("persona_id") or DEFAULT_PERSONA_ID)
+        fresh = new_conversation(pid)
+        if greeting:  # the greeting opens every new chat, not only the first one
+            fresh["messages"].append(message("assistant", greeting, greeting=True))
         store["conversations"].insert(0, fresh)
         store["active"] = fresh["id"]
         return store

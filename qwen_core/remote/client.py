@@ -16,7 +16,7 @@ from ..prompt import PromptBuilder, PromptPlan
 from ..settings import GenerationSettings
 from ..tokenizer import QwenTokenizer
 from .pool import EndpointPool
-from .protocol import QWEN_PADDED_VOCAB, Endpoint, _Request, chat_messages
+from .protocol import DIALECT_EXTRA, QWEN_PADDED_VOCAB, Endpoint, _Request, chat_messages
 from .stream import RemoteReplyStream
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,11 @@ class RemoteEngine(PromptSide):
         """The endpoints' states as last seen (no requests)."""
         return self.pool.endpoint_status()
 
+    def unavailable_for(self) -> float:
+        """Seconds until an endpoint may be tried again while all are in their cool-down after failing; 0
+        when some endpoint may take a request (front ends answer 503 + Retry-After at once meanwhile)."""
+        return self.pool.cooling_for()
+
     def live_endpoints(self, max_age: float = 5.0) -> int:
         """How many endpoints answer their health check (re-checked when older than ``max_age`` s)."""
         return self.pool.refresh(max_age)
@@ -106,6 +111,11 @@ class RemoteEngine(PromptSide):
             raise InputTooLong(
                 f"The prompt is {len(ids)} tokens but {self.info.model_id} handles at most {limit}. "
                 "Shorten the message, or lower max_window_size so fewer past turns are kept."
+            )
+        if settings.logprobs is not None and not any(ep.dialect == DIALECT_EXTRA for ep in self.endpoints):
+            raise ValueError(
+                "logprobs: the --endpoint servers can't relay log-probabilities with token ids (vLLM and SGLang "
+                "can); leave logprobs out."
             )
         seed = None if settings.greedy else (settings.seed if settings.seed is not None else secrets.randbits(63))
         req = _Request(
@@ -146,15 +156,18 @@ class RemoteEngine(PromptSide):
         cancel: threading.Event | None = None,
         system_in_first_turn: bool = False,
         stream: bool = True,
+        reply_prefix: str = "",
         **gen,
     ) -> RemoteReplyStream:
         """Stream the reply to ``query``; see :meth:`Engine.stream_chat`.
 
         ``stream=False`` asks the server for one JSON reply (the stream then yields it as one piece).
+        ``reply_prefix`` travels in the prompt (token ids or text), so endpoints that take only chat
+        messages are skipped for it (their template would close the assistant turn).
         """
         settings = self.settings(**gen)
-        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn)
-        messages = chat_messages(plan, query, history, system, system_in_first_turn)
+        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn, reply_prefix)
+        messages = None if reply_prefix else chat_messages(plan, query, history, system, system_in_first_turn)
         return self._start(plan, plan.ids, settings, cancel, messages=messages, stream=stream)
 
     def chat(self, query: str, history: Sequence | None = None, system: str | None = None, **gen) -> str:

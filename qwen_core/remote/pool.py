@@ -110,6 +110,12 @@ class EndpointPool:
                 self._refreshing.release()
         return len(self.live())
 
+    def cooling_for(self) -> float:
+        """Seconds until some endpoint may be tried again while every one is in its cool-down; 0 otherwise
+        (as last seen; no requests)."""
+        now = time.monotonic()
+        return max(0.0, min(ep.down_until - now for ep in self.endpoints))
+
     def close(self) -> None:
         """Close the connections."""
         self.client.close()

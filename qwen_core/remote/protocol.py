@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ..errors import BackendUnavailable, QwenCoreError
+from ..errors import BackendUnavailable, GenerationError, QwenCoreError
+from ..info import TokenLogprob
 from ..prompt import DEFAULT_SYSTEM, PromptPlan, normalize_history
 from ..settings import GenerationSettings
 from ..stops import StopMatcher
@@ -163,6 +164,15 @@ def build_body(
         body["seed"] = req.seed
     if req.response_format is not None:
         body["response_format"] = req.response_format
+    if s.logprobs is not None:
+        if mode == MODE_CHAT:
+            body["logprobs"], body["top_logprobs"] = True, s.logprobs
+        else:
+            body["logprobs"] = s.logprobs  # the legacy completions field: how many alternatives
+        if dialect == DIALECT_EXTRA:
+            # vLLM's extra field: tokens named "token_id:N", so each maps back to one Qwen id exactly
+            # (a token's text alone does not: partial UTF-8, or the same text from two ids).
+            body["return_tokens_as_token_ids"] = True
     if dialect == DIALECT_GENCONFIG:
         config: dict = {
             "do_sample": not s.greedy,
@@ -206,10 +216,49 @@ def build_body(
         if s.ignore_eos:
             body["ignore_eos"] = True
         body["stop_token_ids"] = list(dict.fromkeys([*stop_ids, *s.stop_token_ids]))
+        # Qwen's decode keeps special-token text (e.g. <|extra_107|> a model wrote) in the reply, as the
+        # local engine does; vLLM and SGLang drop it unless told not to (found against vLLM 0.32).
+        body["skip_special_tokens"] = False
+        body["spaces_between_special_tokens"] = False
     return body
 
 
 # --- replies --------------------------------------------------------------------------
+
+
+def _token_id(token: object, tokenizer) -> int:
+    """A logprobs entry's token as a Qwen id: ``token_id:N`` (vLLM's ``return_tokens_as_token_ids``), or
+    text that is exactly one token of the vocabulary."""
+    if isinstance(token, str):
+        if token.startswith("token_id:") and token[9:].isdigit():
+            return int(token[9:])
+        ids = tokenizer.encode(token) if token else []
+        if len(ids) == 1:
+            return ids[0]
+    raise GenerationError(
+        f"The server's logprobs name the token {token!r}, which is not one Qwen token: it must return token "
+        "ids (vLLM does with return_tokens_as_token_ids, which this app sends it)."
+    )
+
+
+def parse_logprobs(choice: dict, chat: bool, tokenizer, top: int) -> list[TokenLogprob]:
+    """The entries one streamed or whole choice carries (OpenAI's chat or legacy completions shape)."""
+    data = choice.get("logprobs")
+    if not isinstance(data, dict):
+        return []
+    out = []
+    if chat:
+        for e in data.get("content") or ():
+            alts = [(_token_id(a["token"], tokenizer), float(a["logprob"])) for a in e.get("top_logprobs") or ()]
+            out.append(TokenLogprob(_token_id(e["token"], tokenizer), float(e["logprob"]), tuple(alts[:top])))
+        return out
+    tops = data.get("top_logprobs") or []
+    for k, (token, lp) in enumerate(zip(data.get("tokens") or (), data.get("token_logprobs") or (), strict=False)):
+        alts = tops[k] if k < len(tops) and isinstance(tops[k], dict) else {}
+        # vLLM's dict holds the N best and the chosen token besides: the N best are the alternatives.
+        ranked = sorted(((_token_id(t, tokenizer), float(v)) for t, v in alts.items()), key=lambda a: -a[1])
+        out.append(TokenLogprob(_token_id(token, tokenizer), float(lp), tuple(ranked[:top])))
+    return out
 
 
 class _StopScanner(StopMatcher):

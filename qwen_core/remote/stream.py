@@ -27,6 +27,7 @@ from .protocol import (
     _sse_events,
     _StopScanner,
     build_body,
+    parse_logprobs,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class _Channel:
         self.received = 0  # text chunks received from the server
         self.delivered = 0  # text pieces handed to the consumer's queue
         self.usage: dict | None = None
+        self.logprobs: list = []  # TokenLogprob entries the server sent, appended before their text
         self.endpoint: str | None = None
         self.mode: str | None = None
         self._sock: socket.socket | None = None
@@ -107,6 +109,7 @@ class RemoteReplyStream(Iterator[str]):
     def __init__(self, pool: EndpointPool, req: _Request, cancel: threading.Event | None = None):
         self.cancel_event = cancel or threading.Event()
         self.result = RemoteReplyResult(prompt_tokens=len(req.ids or ()), seed=req.seed)
+        self._want_logprobs = req.settings.logprobs is not None
         self._chan = _Channel()
         self._pieces: list[str] = []
         self._done = False
@@ -177,6 +180,14 @@ class RemoteReplyStream(Iterator[str]):
         if isinstance(usage.get("prompt_tokens"), int):
             res.server_prompt_tokens = usage["prompt_tokens"]
         res.endpoint, res.mode = chan.endpoint, chan.mode
+        if self._want_logprobs:
+            res.logprobs = list(chan.logprobs)
+
+    @property
+    def logprobs(self) -> list:
+        """One :class:`~qwen_core.info.TokenLogprob` per token the server sent so far (when
+        ``settings.logprobs`` asked for them); grows while streaming, as the local stream's does."""
+        return self._chan.logprobs
 
     @property
     def tokens_so_far(self) -> int:
@@ -250,6 +261,7 @@ def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> N
     timeout = httpx.Timeout(read_timeout, connect=pool.connect_timeout)
     finish: str | None = None
     scanner = _StopScanner()
+    top = req.settings.logprobs  # alternatives per token, or None: no logprobs asked for
     progress_at = [time.monotonic()]  # when the last text arrived (the request's start, at first)
 
     def stalled() -> bool:
@@ -297,6 +309,8 @@ def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> N
                         text = part.get("content") if isinstance(part, dict) else None
                     else:
                         text = choice.get("text")
+                    if top is not None and not scanner.stopped:
+                        chan.logprobs.extend(parse_logprobs(choice, ep.mode == MODE_CHAT, pool.tokenizer, top))
                     if text:
                         progress_at[0] = time.monotonic()
                         chan.received += 1
@@ -328,6 +342,8 @@ def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> N
         chan.detach()
     if not scanner.stopped:
         chan.put_text(scanner.flush())
+    if top is not None and chan.received and not chan.logprobs:
+        raise GenerationError(f"{ep.url} sent no logprobs though they were asked for; leave logprobs out.")
     if finish is None:
         if chan.delivered == 0:
             raise _Failover("the server closed the stream before sending anything")

@@ -17,7 +17,7 @@ from starlette.routing import Match
 from qwen_core.scheduler import Scheduler
 
 from . import chat, completions, metrics, ops
-from .common import model_names
+from .common import has_endpoints, model_names, served_name
 from .errors import ERRORS, ApiError
 from .openapi import CHAT_DOCS, COMPLETION_DOCS, ModelCard, ModelList
 
@@ -48,8 +48,10 @@ def openai_router(manager, scheduler: Scheduler, user_of, max_body_chars: int = 
     metrics.bind(manager, scheduler)
 
     def cards() -> list[dict]:
-        spec = manager.current
+        spec, engine = manager.current, manager.engine
         names = [s.name for s in manager.specs] or ([spec.name] if spec else [])
+        if engine is not None and has_endpoints(engine):
+            names = [served_name(manager, engine)]  # the servers' model, not the local "remote" label
         return [{"id": n, "object": "model", "created": _STARTED, "owned_by": "qwen"} for n in names]
 
     @router.get("/v1/models", response_model=ModelList, responses={401: ERRORS[401]})

@@ -6,7 +6,6 @@ import json
 import threading
 import uuid
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
@@ -17,10 +16,11 @@ from qwen_core.text import is_blank
 from qwen_core.tool_reply import ToolReplyParser
 from qwen_core.tools import engine_prompt_ids, plan_tool_messages
 
-from . import metrics
 from .common import (
-    admit,
+    admitted,
+    answer,
     chat_logprobs,
+    check_endpoints,
     check_model,
     choice_settings,
     current_engine,
@@ -30,7 +30,6 @@ from .common import (
     now,
     parse_body,
     usage,
-    watch_disconnect,
 )
 from .errors import ApiError, generation_error
 from .formats import constraints_for, response_format_dict, tool_constraints_for
@@ -50,10 +49,9 @@ class Job:
         if messages[last]["role"] == "user" and is_blank(messages[last]["content"] or ""):
             param = f"messages.{last}.content"
             raise ApiError(400, f"{param}: the message is empty; send some text.", param=param)
-        top = (req.top_logprobs or 0) if req.logprobs else None
-        if top is not None and is_remote(engine):
-            raise ApiError(400, "logprobs: not available with the remote backend (--backend openai).", param="logprobs")
-        self.top_logprobs = top
+        # logprobs are relayed from the servers on the remote backend (qwen_core.remote.protocol)
+        self.top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        top = self.top_logprobs
         gen = gen_settings(req, req.max_completion_tokens or req.max_tokens, top)
         self.settings = choice_settings(engine, gen, req.n)
         self.gens = [{**gen, "seed": s.seed} if s.seed is not None else gen for s in self.settings]
@@ -100,42 +98,29 @@ def register(router: APIRouter, manager, scheduler: Scheduler, user_of, max_body
         "/v1/chat/completions", openapi_extra=openapi["extra"], responses=openapi["responses"], response_model=None
     )
     async def chat_completions(request: Request):
-        try:
-            req = await parse_body(request, ChatRequest, max_body_chars, ROUTE)
-            engine = current_engine(manager)
-            model = check_model(manager, engine, req.model)
-            job = Job(engine, req)
-            constraints = await in_thread(constraints_for, engine, job.response_format, req.n)
-            if not constraints and job.plan is not None and job.plan.forced_prefix and not is_remote(engine):
-                # tool_choice required/named: the arguments follow the tool's schema (qwen_core.grammar)
-                constraints = await in_thread(tool_constraints_for, engine, job.plan, req.n)
-            response = await _run(request, job, model, constraints, user_of(request))
-        except ApiError as exc:
-            metrics.REQUESTS.labels(ROUTE, str(exc.status)).inc()
-            return exc.response()
-        metrics.REQUESTS.labels(ROUTE, "200").inc()
-        return response
+        return await answer(ROUTE, lambda: _handle(request))
 
-    async def _run(request: Request, job: Job, model: str, constraints: list, user: str):
-        waiting = threading.Event()
-        cancels = [waiting.set]
-        # Until a stream's response starts (Starlette then watches it), or for the whole of a
-        # non-streamed reply, a client that goes away cancels: it leaves the queue, or its
-        # generation stops within one token, and the slot is given back.
-        async with anyio.create_task_group() as watch:
-            watch.start_soon(watch_disconnect, request, lambda: [c() for c in cancels])
-            try:
-                await admit(scheduler, user, waiting)
-                rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-                runner = _start(job, constraints, rid)
-                cancels.append(runner.cancel)
-                if job.req.stream:
-                    return StreamingResponse(_sse(request, runner, job, rid, model), media_type="text/event-stream")
-                return await _collect(runner, job, rid, model)
-            except ApiError as exc:  # answered here: raised out of a task group it would come wrapped
-                return exc.response()
-            finally:
-                watch.cancel_scope.cancel()
+    async def _handle(request: Request):
+        req = await parse_body(request, ChatRequest, max_body_chars, ROUTE)
+        engine = current_engine(manager)
+        check_endpoints(engine)
+        model = check_model(manager, engine, req.model)
+        job = Job(engine, req)
+        constraints = await in_thread(constraints_for, engine, job.response_format, req.n)
+        if not constraints and job.plan is not None and job.plan.forced_prefix and not is_remote(engine):
+            # tool_choice required/named: the arguments follow the tool's schema (qwen_core.grammar)
+            constraints = await in_thread(tool_constraints_for, engine, job.plan, req.n)
+        return await admitted(
+            request, scheduler, user_of(request), lambda cancels: _serve(request, cancels, job, model, constraints)
+        )
+
+    async def _serve(request: Request, cancels: list, job: Job, model: str, constraints: list):
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        runner = _start(job, constraints, rid)
+        cancels.append(runner.cancel)
+        if job.req.stream:
+            return StreamingResponse(_sse(request, runner, job, rid, model), media_type="text/event-stream")
+        return await _collect(runner, job, rid, model)
 
     def _start(job: Job, constraints: list, rid: str) -> Runner:
         engine, streams = job.engine, []

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from qwen_core.scheduler import Busy, Cancelled, Scheduler
 
+from . import metrics
 from .errors import ApiError, busy_error, validation_error
 from .schema import Sampling, log_ignored
 
@@ -58,6 +61,19 @@ def current_engine(manager):
     return engine
 
 
+def check_endpoints(engine) -> None:
+    """Remote backend: a 503 + Retry-After at once while every endpoint is in its cool-down after failing
+    (streamed requests too, which would otherwise get a 200 and then an error event)."""
+    wait = engine.unavailable_for() if hasattr(engine, "unavailable_for") else 0.0
+    if wait > 0:
+        raise ApiError(
+            503,
+            "No inference server is reachable now (every --endpoint failed its last check); retry later.",
+            "server_error",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},  # the cool-down's rest, whole seconds
+        )
+
+
 def model_names(manager, engine) -> set[str]:
     """Every name a request's ``model`` may use."""
     names = {s.name for s in manager.specs} | {engine.info.model_id}
@@ -66,15 +82,30 @@ def model_names(manager, engine) -> set[str]:
     return names
 
 
+def has_endpoints(engine) -> bool:
+    """Whether the engine fronts inference servers (--backend openai), as /readyz tells it."""
+    return hasattr(engine, "live_endpoints")
+
+
+def served_name(manager, engine) -> str:
+    """The model's name in responses and ``/v1/models``: in remote mode the servers' own id (what their
+    ``/v1/models`` lists), not the local label; else the configured model's name."""
+    if has_endpoints(engine) or manager.current is None:
+        return engine.info.model_id
+    return manager.current.name
+
+
 def check_model(manager, engine, requested: str | None) -> str:
     """The served model's name; a 404 naming the model when another one is asked for."""
     if requested and manager.current and requested not in model_names(manager, engine):
         raise ApiError(404, f"Model '{requested}' is not served here; GET /v1/models lists it.", param="model")
-    return manager.current.name if manager.current else engine.info.model_id
+    return served_name(manager, engine)
 
 
 def is_remote(engine) -> bool:
     """Whether the engine's model runs on other servers (--backend openai)."""
+    if getattr(engine, "local_model", False):  # llama.cpp: no torch model, but decoded in this process
+        return False
     return getattr(engine, "model", None) is None
 
 
@@ -137,6 +168,41 @@ async def admit(scheduler: Scheduler, user: str, cancel: threading.Event) -> Non
         raise busy_error(exc) from None
     except Cancelled:
         raise ApiError(499, "The client closed the request while it waited for a slot.") from None
+
+
+async def answer(route: str, handle: Callable[[], Awaitable]):
+    """Run a route's ``handle()``, counting the request by status; an ApiError becomes its
+    OpenAI-shaped response."""
+    try:
+        response = await handle()
+    except ApiError as exc:
+        metrics.REQUESTS.labels(route, str(exc.status)).inc()
+        return exc.response()
+    metrics.REQUESTS.labels(route, "200").inc()
+    return response
+
+
+async def admitted(request: Request, scheduler: Scheduler, user: str, serve: Callable[[list], Awaitable]):
+    """Wait for a slot for ``user``, then return ``await serve(cancels)``, the one admission path of ``/v1``.
+
+    Until a stream's response starts (Starlette then watches it), or for the whole of a
+    non-streamed reply, a client that goes away calls every function in ``cancels`` (``serve``
+    appends its runner's cancel): it leaves the queue, or its generation stops within one token,
+    and the slot is given back.
+    """
+    waiting = threading.Event()
+    cancels: list[Callable[[], object]] = [waiting.set]
+    error = None
+    async with anyio.create_task_group() as watch:
+        watch.start_soon(watch_disconnect, request, lambda: [c() for c in cancels])
+        try:
+            await admit(scheduler, user, waiting)
+            return await serve(cancels)
+        except ApiError as exc:  # raised out of the task group it would come wrapped in a group
+            error = exc
+        finally:
+            watch.cancel_scope.cancel()
+    raise error
 
 
 def token_text(tokenizer, token_id: int) -> tuple[str, list[int]]:

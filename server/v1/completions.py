@@ -11,16 +11,16 @@ import json
 import threading
 import uuid
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from qwen_core.errors import InputTooLong, QwenCoreError
 from qwen_core.scheduler import Scheduler
 
-from . import metrics
 from .common import (
-    admit,
+    admitted,
+    answer,
+    check_endpoints,
     check_model,
     choice_settings,
     current_engine,
@@ -32,7 +32,6 @@ from .common import (
     now,
     parse_body,
     usage,
-    watch_disconnect,
 )
 from .errors import ApiError, generation_error
 from .formats import constraints_for, response_format_dict
@@ -79,9 +78,7 @@ class Job:
         if len(self.prompts) * req.n > MAX_CHOICES:
             raise ApiError(400, f"n: prompts x n must be at most {MAX_CHOICES}.", param="n")
         self.max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        self.top = req.logprobs
-        if self.top is not None and is_remote(engine):
-            raise ApiError(400, "logprobs: not available with the remote backend (--backend openai).", param="logprobs")
+        self.top = req.logprobs  # relayed from the servers on the remote backend; echo's prompt logprobs are not
         if self.max_tokens == 0 and not req.echo:
             raise ApiError(
                 400, "max_tokens: 0 is only meaningful with echo: true (scoring the prompt).", param="max_tokens"
@@ -96,47 +93,35 @@ def register(router: APIRouter, manager, scheduler: Scheduler, user_of, max_body
 
     @router.post("/v1/completions", openapi_extra=openapi["extra"], responses=openapi["responses"], response_model=None)
     async def completions(request: Request):
-        try:
-            req = await parse_body(request, CompletionRequest, max_body_chars, ROUTE)
-            engine = current_engine(manager)
-            model = check_model(manager, engine, req.model)
-            job = Job(engine, req)
-            n_choices = len(job.prompts) * req.n if job.max_tokens else 0
-            constraints = await in_thread(constraints_for, engine, job.response_format, n_choices)
-            response = await _run(request, job, model, constraints, user_of(request))
-        except ApiError as exc:
-            metrics.REQUESTS.labels(ROUTE, str(exc.status)).inc()
-            return exc.response()
-        metrics.REQUESTS.labels(ROUTE, "200").inc()
-        return response
+        return await answer(ROUTE, lambda: _handle(request))
 
-    async def _run(request: Request, job: Job, model: str, constraints: list, user: str):
-        waiting = threading.Event()
-        cancels = [waiting.set]
-        async with anyio.create_task_group() as watch:
-            watch.start_soon(watch_disconnect, request, lambda: [c() for c in cancels])
-            try:
-                await admit(scheduler, user, waiting)
-                try:
-                    echo = await _echo(job)
-                except BaseException:
-                    scheduler.release()
-                    raise
-                rid = f"cmpl-{uuid.uuid4().hex[:24]}"
-                if job.max_tokens == 0:
-                    scheduler.release()
-                    return _scored(job, echo, rid, model)
-                runner = _start(job, constraints)
-                cancels.append(runner.cancel)
-                if job.req.stream:
-                    return StreamingResponse(
-                        _sse(request, runner, job, echo, rid, model), media_type="text/event-stream"
-                    )
-                return await _collect(runner, job, echo, rid, model)
-            except ApiError as exc:
-                return exc.response()
-            finally:
-                watch.cancel_scope.cancel()
+    async def _handle(request: Request):
+        req = await parse_body(request, CompletionRequest, max_body_chars, ROUTE)
+        engine = current_engine(manager)
+        check_endpoints(engine)
+        model = check_model(manager, engine, req.model)
+        job = Job(engine, req)
+        n_choices = len(job.prompts) * req.n if job.max_tokens else 0
+        constraints = await in_thread(constraints_for, engine, job.response_format, n_choices)
+        return await admitted(
+            request, scheduler, user_of(request), lambda cancels: _serve(request, cancels, job, model, constraints)
+        )
+
+    async def _serve(request: Request, cancels: list, job: Job, model: str, constraints: list):
+        try:
+            echo = await _echo(job)
+        except BaseException:
+            scheduler.release()
+            raise
+        rid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        if job.max_tokens == 0:
+            scheduler.release()
+            return _scored(job, echo, rid, model)
+        runner = _start(job, constraints)
+        cancels.append(runner.cancel)
+        if job.req.stream:
+            return StreamingResponse(_sse(request, runner, job, echo, rid, model), media_type="text/event-stream")
+        return await _collect(runner, job, echo, rid, model)
 
     async def _echo(job: Job) -> list[tuple[str, dict | None]]:
         """Per prompt: the echoed text and its legacy logprobs (None unless logprobs were asked for)."""

@@ -152,7 +152,9 @@ class Runner:
                 deltas, reason = choice.parser.finish()
                 for delta in deltas:
                     self._emit("delta", choice.index, (delta, []))
-                if reason != "stop" or finish != "length":
+                # A reply cut by max_tokens ends "length" even inside a tool call (as OpenAI and vLLM
+                # say): the client then knows the call's arguments may be incomplete.
+                if finish != "length":
                     finish = reason
             if choice.want_logprobs:
                 got = list(getattr(stream, "logprobs", None) or [])[seen:]

@@ -19,8 +19,8 @@ _TRANSCRIPT_JS = """
   const text = (sel) => [...document.querySelectorAll(sel)].map((e) => e.innerText.trim());
   return {
     user: text('#chat [data-testid=user]'),
-    bot: text('#chat .message:not(.thought) > [data-testid=bot]'),
-    notes: text('#chat .thought .title'),
+    bot: text('#chat [data-testid=bot]:not(:has(.thought-group))'),
+    notes: text('#chat .thought-group .title'),
     rows: document.querySelectorAll('#chat .message-row').length,
   };
 }
@@ -51,7 +51,7 @@ _REPLY_DONE_JS = """
   const stop = document.querySelector('button#stop');
   const meter = document.querySelector('#meter');
   if (!window.__qcReplyStarted || !stop || !meter || !stop.disabled) return false;
-  const m = meter.innerText.match(/\\((\\d+)\\/(\\d+) turns\\)/);
+  const m = meter.innerText.match(/[(（](\\d+)\\/(\\d+) (turns|轮)[)）]/);
   return !!m && Number(m[2]) === turns;
 }
 """
@@ -143,7 +143,8 @@ class ChatUI:
 
     @property
     def stop(self) -> Locator:
-        return self.button("stop")
+        """Stop shares Send's slot and is hidden while idle (so it has no role then): found by id."""
+        return self.page.locator("button#stop")
 
     def textbox(self, name: str) -> Locator:
         return self.page.get_by_role("textbox", name=name, exact=True)

@@ -74,7 +74,7 @@ def _start_long_reply(ui: ChatUI) -> None:
     ui.send("Tell me a very long story about a lighthouse.")
     expect(ui.stop).to_be_enabled(timeout=15_000)
     ui.page.wait_for_function(
-        "() => { const b = [...document.querySelectorAll('#chat .message:not(.thought) > [data-testid=bot]')];"
+        "() => { const b = [...document.querySelectorAll('#chat [data-testid=bot]:not(:has(.thought-group))')];"
         " return b.length > 0 && b[b.length - 1].innerText.length > 15; }",
         timeout=30_000,
     )
@@ -118,7 +118,7 @@ def test_regenerate_undo_and_clear(page, base_url, shot):
     ui.arm()
     ui.button("regenerate").click()
     page.wait_for_function(
-        "old => { const b = [...document.querySelectorAll('#chat .message:not(.thought) > [data-testid=bot]')];"
+        "old => { const b = [...document.querySelectorAll('#chat [data-testid=bot]:not(:has(.thought-group))')];"
         " if (b.length < 2) return true; const t = b[b.length - 1].innerText;"
         " return t.length < old.length && t !== old; }",
         arg=old,
@@ -161,7 +161,7 @@ def test_persona_and_own_system_prompt_reach_the_raw_prompt(page, base_url, shot
     own = "You are Captain Zorblax, a space pirate who always answers in rhyme."
     system_box.fill(own)
     ui.max_new_tokens(8)  # after the persona: picking one loads its suggested settings
-    ui.chat("Ahoy there", turns=1)
+    ui.chat("Ahoy there", turns=2)  # the meter counts the Translator's example exchange as a turn too
 
     raw = ui.wait_raw_prompt(f"<|im_start|>system\n{own}<|im_end|>\n")
     assert "<|im_start|>user\nAhoy there<|im_end|>\n<|im_start|>assistant\n" in raw, raw
@@ -169,9 +169,9 @@ def test_persona_and_own_system_prompt_reach_the_raw_prompt(page, base_url, shot
     # Switching persona mid-chat is noted in the transcript and applies from the next turn.
     ui.pick_persona("Code reviewer")
     expect(system_box).to_have_value(re.compile(r"^You are a senior software engineer doing a code review"))
-    expect(page.locator("#chat .thought")).to_contain_text("🎭 Persona: Code reviewer")
+    expect(page.locator("#chat .thought-group")).to_contain_text("🎭 Persona: Code reviewer")
     ui.max_new_tokens(8)
-    ui.chat("def f(): pass", turns=2)
+    ui.chat("def f(): pass", turns=3)  # the Code reviewer's example exchange, then the chat's two
     raw = ui.wait_raw_prompt("<|im_start|>system\nYou are a senior software engineer doing a code review")
     assert own not in raw and "<|im_start|>user\ndef f(): pass<|im_end|>" in raw, raw
     assert any("Code reviewer" in n for n in ui.transcript()["notes"])
@@ -287,7 +287,8 @@ def test_two_users_chat_at_once_without_seeing_each_other(new_context, base_url,
         assert a["bot"] != b["bot"]
         for ui, other in ((alice, "Bob asks about bananas"), (bob, "Alice asks about apples")):
             expect(ui.page.get_by_text(other)).to_have_count(0)
-            expect(ui.page.get_by_role("radio")).to_have_count(1)
+            # the chat list, in the sidebar (the header's language control is a radio group too)
+            expect(ui.page.locator(".sidebar").get_by_role("radio")).to_have_count(1)
         expect(alice.page.get_by_role("radio", name="Alice asks about apples", exact=True)).to_be_checked()
         expect(bob.page.get_by_role("radio", name="Bob asks about bananas", exact=True)).to_be_checked()
         # The system prompt each chat was answered under comes back with it, and only to its owner.
@@ -304,7 +305,7 @@ def test_two_users_chat_at_once_without_seeing_each_other(new_context, base_url,
 def test_chinese_browser_locale_shows_chinese_labels(new_context, base_url, shot):
     page = new_context(locale="zh-CN").new_page()
     ui = ChatUI.open(page, base_url, lang="zh")
-    for key in ("send", "stop", "regenerate", "undo", "clear"):
+    for key in ("send", "regenerate", "undo", "clear"):  # Stop shares Send's slot, shown while a reply streams
         expect(ui.button(key)).to_be_visible()
     expect(ui.message).to_be_visible()
     expect(page.get_by_role("button", name="Send", exact=True)).to_have_count(0)
@@ -323,7 +324,7 @@ def test_language_switch_in_settings_panel(page, base_url, shot):
     page.locator(".banner-wrap button").first.click()  # Gradio's close (✖) button, which has no accessible name
 
     zh = ChatUI(page, lang="zh")
-    for key in ("send", "stop", "regenerate", "undo", "clear"):
+    for key in ("send", "regenerate", "undo", "clear"):
         expect(zh.button(key)).to_be_visible()
     expect(zh.message).to_be_visible()
     expect(page.get_by_role("button", name="Send", exact=True)).to_have_count(0)
@@ -515,14 +516,14 @@ def test_import_chat_renders_markdown_code_and_latex(page, base_url, tmp_path, s
     ui.chat("Thanks!", turns=4)
     assert ui.transcript()["user"][-1] == "Thanks!"
     # ... "New chat" starts an empty one (and the meter follows) ...
-    chats = page.get_by_role("radio").count()
+    chats = page.locator(".sidebar").get_by_role("radio").count()
     page.get_by_role("button", name="New chat", exact=True).click()
     expect(page.locator("#chat .message-row")).to_have_count(0)
     expect(ui.meter).to_contain_text("(0/0 turns)")
-    expect(page.get_by_role("radio")).to_have_count(chats + 1)
+    expect(page.locator(".sidebar").get_by_role("radio")).to_have_count(chats + 1)
     # ... and deleting it brings the imported chat back on screen.
     page.get_by_role("button", name="Delete chat", exact=True).click()
-    expect(page.get_by_role("radio")).to_have_count(chats)
+    expect(page.locator(".sidebar").get_by_role("radio")).to_have_count(chats)
     expect(page.get_by_role("radio", name="Fibonacci in Python", exact=True)).to_be_checked()
     expect(page.locator("#chat [data-testid=user]")).to_have_count(4)
     expect(ui.meter).to_contain_text("(4/4 turns)")

@@ -1,0 +1,126 @@
+"""The page's guard around the browser copy of the chats (``gr.BrowserState``).
+
+Gradio's ``BrowserState`` writes its (encrypted) value with ``localStorage.setItem`` and, when
+that fails (``QuotaExceededError``: the origin's ~5 MB are full), only logs to the console: the
+newest chats were silently lost on the next reload. The script below, put in the page's
+``<head>`` before Gradio mounts, wraps ``setItem``/``getItem`` for the store's key only:
+
+* a write that fails goes to IndexedDB instead (its quota is far larger), the stale
+  localStorage copy is removed, and a banner tells the user what happened and what to do;
+* a read finds the IndexedDB copy when localStorage has none;
+* once a localStorage write succeeds again the IndexedDB copy is deleted (one copy only).
+
+The value stays Gradio's ciphertext in both places: no plaintext copy is ever written.
+"""
+
+from __future__ import annotations
+
+import json
+
+STORE_KEY = "qwen-chat-store-v1"  # ui.layout's BrowserState storage_key
+ALERT_ID = "qc-storage-alert"
+
+MESSAGES = {
+    "fallback": (
+        "This browser's storage for this site is full, so your chats are now saved in its IndexedDB "
+        "instead. To free space, delete old chats or export them (Export chat) and clear this site's data."
+    ),
+    "server": " While you are signed in, your chats are also kept on the server.",
+    "lost": (
+        "Your chats could not be saved in this browser (its storage is full or disabled): they will be "
+        "lost when this page closes. Export the chats you need now (Export chat)."
+    ),
+}
+
+_SCRIPT = """
+<script>
+(() => {
+  const KEY = %(key)s, ALERT = %(alert)s, SERVER = %(server)s, MSG = %(messages)s;
+  const proto = Storage.prototype;
+  const setItem = proto.setItem, getItem = proto.getItem, removeItem = proto.removeItem;
+  let cache = null, loaded = false, readEarly = false, shown = "";
+
+  const idb = (mode, fn) => new Promise((ok, fail) => {
+    const req = indexedDB.open("qwen-chat", 1);
+    req.onupgradeneeded = () => req.result.createObjectStore("kv");
+    req.onerror = () => fail(req.error);
+    req.onsuccess = () => {
+      const db = req.result, tx = db.transaction("kv", mode), op = fn(tx.objectStore("kv"));
+      tx.oncomplete = () => { db.close(); ok(op.result); };
+      tx.onerror = tx.onabort = () => { db.close(); fail(tx.error); };
+    };
+  });
+
+  const warn = (kind) => {
+    if (shown === kind) return;  // once per page and kind, not on every save
+    shown = kind;
+    const show = () => {
+      let box = document.getElementById(ALERT);
+      if (!box) {
+        box = document.createElement("div");
+        box.id = ALERT;
+        box.setAttribute("role", "alert");
+        box.style.cssText = "position:fixed;top:8px;left:50%%;transform:translateX(-50%%);z-index:10000;" +
+          "max-width:640px;padding:10px 36px 10px 14px;border-radius:6px;background:#fef3c7;" +
+          "color:#78350f;border:1px solid #f59e0b;font:14px/1.4 system-ui,sans-serif";
+        const close = document.createElement("button");
+        close.textContent = "×";
+        close.setAttribute("aria-label", "Dismiss");
+        close.style.cssText = "position:absolute;top:4px;right:8px;background:none;border:0;font-size:18px;cursor:pointer";
+        close.onclick = () => box.remove();
+        box.append(document.createElement("span"), close);
+        document.body.append(box);
+      }
+      box.firstChild.textContent = MSG[kind] + (kind === "fallback" && SERVER ? MSG.server : "");
+    };
+    document.body ? show() : addEventListener("DOMContentLoaded", show);
+  };
+
+  // The IndexedDB copy (if any) is read at once, before Gradio's BrowserState mounts and reads.
+  const ready = idb("readonly", (s) => s.get(KEY)).then((v) => { cache = v ?? null; }, () => {});
+  ready.finally(() => {
+    loaded = true;
+    // Gradio read the store before IndexedDB answered (not seen in practice): read it again.
+    if (readEarly && cache && !sessionStorage.getItem("qc-store-reread")) {
+      sessionStorage.setItem("qc-store-reread", "1");
+      location.reload();
+    }
+  });
+
+  proto.getItem = function (key) {
+    const value = getItem.call(this, key);
+    if (this !== localStorage || key !== KEY || value !== null) return value;
+    if (!loaded) readEarly = true;
+    return cache;
+  };
+
+  proto.setItem = function (key, value) {
+    if (this !== localStorage || key !== KEY) return setItem.call(this, key, value);
+    if (readEarly && cache) return;  // this page started without the saved chats: never overwrite them
+    try {
+      setItem.call(this, key, value);
+      if (cache !== null) {  // localStorage has room again: one copy only
+        cache = null;
+        idb("readwrite", (s) => s.delete(KEY)).catch(() => {});
+      }
+      return;
+    } catch (err) {
+      console.warn("qwen-chat: localStorage write failed, using IndexedDB", err);
+    }
+    try { removeItem.call(this, key); } catch (err) { /* nothing stored */ }
+    cache = value;
+    idb("readwrite", (s) => s.put(value, KEY)).then(() => warn("fallback"), () => warn("lost"));
+  };
+})();
+</script>
+"""
+
+
+def storage_head(server_history: bool = False) -> str:
+    """The ``<head>`` HTML with the guard script (``server_history``: mention the server's copy)."""
+    return _SCRIPT % {
+        "key": json.dumps(STORE_KEY),
+        "alert": json.dumps(ALERT_ID),
+        "server": "true" if server_history else "false",
+        "messages": json.dumps(MESSAGES, ensure_ascii=False),
+    }

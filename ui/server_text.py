@@ -1,0 +1,141 @@
+"""Text the handlers write (meter, status lines, chat titles), in the page's language.
+
+Component labels are translated in the browser (``gr.I18n``, :mod:`ui.i18n`); text a handler
+returns is not, so the handler picks the language itself: the ``qwen-lang`` cookie that the
+page's language control sets (:mod:`ui.page_js`), else the browser's ``Accept-Language``.
+"""
+
+from __future__ import annotations
+
+import re
+from http.cookies import CookieError, SimpleCookie
+
+LANG_COOKIE = "qwen-lang"
+LANGS = ("en", "zh")
+
+TEXT = {
+    "en": {
+        "new_chat": "New chat",
+        "meter": (
+            "<b>{total}</b> tokens in the next prompt — system {system} · history {history} "
+            "({kept}/{turns} turns) · message {draft} · window {window} · context {context}"
+        ),
+        "meter_bar": "share of max_window_size used",
+        "dropped": "⛔ {n} oldest turn(s) will not be sent (max_window_size {window}); marked in the chat.",
+        "stats_tokens": "**{n}** tokens",
+        "stats_ttft": "first token {ms} ms",
+        "stats_speed": "{tps} tokens/s",
+        "stats_end": "ended: {reason}",
+        "stats_seed": "seed {seed}",
+        "model_loading": "⏳ The model is loading ({model}); chat works again once it is loaded.",
+        "model_line": "**{model}** — {precision} ({dtype}), {params} B parameters",
+        "device_line": (
+            "device: {device} ({devices}) · attention: {attention} · decode: {decode} · context {context} tokens"
+        ),
+        "memory_line": "memory: process {rss} GB",
+        "gpu_mem": "{dev}: {used} GB used, {free} GB free",
+        "switch_locked": "🔒 Switching models affects every user.",
+        "saved": "✅ Saved “{name}”.",
+        "saved_shared": "✅ Saved “{name}” to the shared library.",
+        "created": "✅ Created “{name}”.",
+        "deleted": "🗑️ Deleted.",
+        "imported": "✅ Imported {names}.",
+        "and_more": " and {n} more",
+        "info_tokens": "{n} tokens",
+    },
+    "zh": {
+        "new_chat": "新对话",
+        "meter": (
+            "下一次提示共 <b>{total}</b> 个 token — 系统 {system} · 历史 {history} "
+            "（{kept}/{turns} 轮）· 消息 {draft} · 窗口 {window} · 上下文 {context}"
+        ),
+        "meter_bar": "最大窗口已用比例",
+        "dropped": "⛔ 最早的 {n} 轮不会发送（最大窗口 {window}），已在对话中标出。",
+        "stats_tokens": "**{n}** 个 token",
+        "stats_ttft": "首个 token {ms} 毫秒",
+        "stats_speed": "每秒 {tps} 个 token",
+        "stats_end": "结束原因：{reason}",
+        "stats_seed": "随机种子 {seed}",
+        "model_loading": "⏳ 模型（{model}）正在加载，加载完成后即可继续对话。",
+        "model_line": "**{model}** — {precision}（{dtype}），{params} B 参数",
+        "device_line": "设备：{device}（{devices}）· 注意力：{attention} · 解码：{decode} · 上下文 {context} 个 token",
+        "memory_line": "内存：进程 {rss} GB",
+        "gpu_mem": "{dev}：已用 {used} GB，空闲 {free} GB",
+        "switch_locked": "🔒 切换模型会影响所有用户。",
+        "saved": "✅ 已保存“{name}”。",
+        "saved_shared": "✅ 已把“{name}”保存到共享角色库。",
+        "created": "✅ 已创建“{name}”。",
+        "deleted": "🗑️ 已删除。",
+        "imported": "✅ 已导入 {names}。",
+        "and_more": " 等另外 {n} 个",
+        "info_tokens": "{n} 个 token",
+    },
+}
+
+# Finish reasons and decode modes as the model panel shows them.
+REASONS = {"zh": {"stop": "完成", "length": "达到长度上限", "cancelled": "已停止"}}
+DECODE = {"zh": {"batched": "连续批处理", "eager": "逐条", "compiled": "编译"}}
+# qwen_core.prefix_cache.describe's lines (the core writes English; the UI translates them).
+_PREFIX = re.compile(
+    r"Prefix cache: (?:(?P<rate>\d+%) hits \((?P<hits>\d+)/(?P<looked>\d+)\)|no lookups yet), "
+    r"(?P<reused>[\d,]+) tokens reused, (?P<mb>\d+) MB of (?P<cap>\d+) MB"
+)
+
+
+def lang_of(request) -> str:
+    """``"en"`` or ``"zh"`` for this request (``None``: English, e.g. a handler called from a test)."""
+    headers = getattr(request, "headers", None)
+    if not headers:
+        return "en"
+    try:
+        cookie = SimpleCookie(headers.get("cookie") or "")
+    except CookieError:
+        cookie = SimpleCookie()
+    chosen = cookie.get(LANG_COOKIE)
+    if chosen is not None and chosen.value in LANGS:
+        return chosen.value
+    accept = (headers.get("accept-language") or "").strip().lower()
+    return "zh" if accept.startswith("zh") else "en"
+
+
+def text(lang: str, key: str, **values) -> str:
+    """The ``key`` string in ``lang`` (English when it has no translation), filled with ``values``."""
+    template = TEXT.get(lang, TEXT["en"]).get(key) or TEXT["en"][key]
+    return template.format(**values)
+
+
+def chat_title(lang: str, title: str | None) -> str:
+    """A chat's title for the list: an untitled (“New chat”) one in the page's language."""
+    return text(lang, "new_chat") if not title or title == TEXT["en"]["new_chat"] else title
+
+
+def decode_mode(lang: str, mode: str) -> str:
+    """The decode mode (batched/eager/compiled) for the model panel."""
+    return DECODE.get(lang, {}).get(mode, mode)
+
+
+def prefix_cache_line(lang: str, line: str) -> str:
+    """The Model tab's prefix-cache line in ``lang`` (English lines from the core are kept in English)."""
+    if lang != "zh":
+        return line
+    if line == "Prefix cache: off":
+        return "前缀缓存：已关闭"
+    if line == "Prefix cache: not available for this decoder":
+        return "前缀缓存：此解码方式不可用"
+    m = _PREFIX.fullmatch(line)
+    if not m:
+        return line
+    rate = f"命中率 {m['rate']}（{m['hits']}/{m['looked']}）" if m["rate"] else "尚无查询"
+    return f"前缀缓存：{rate}，已复用 {m['reused']} 个 token，已用 {m['mb']} MB / 共 {m['cap']} MB"
+
+
+def reason(lang: str, finish_reason: str) -> str:
+    """A finish reason (stop/length/cancelled) for the model panel."""
+    return REASONS.get(lang, {}).get(finish_reason, finish_reason)
+
+
+def current_lang() -> str:
+    """The language of the event being handled (Gradio keeps its request in a context variable)."""
+    from gradio.context import LocalContext  # the UI's own dependency; imported here to keep this module light
+
+    return lang_of(LocalContext.request.get(None))
