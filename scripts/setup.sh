@@ -19,7 +19,7 @@ if [ ! -f "$stamp" ]; then
   # torch==2.13.0 repeated so no requirement can swap it for another build.
   python -m pip install -q "torch==2.13.0" "${reqs[@]}"
   # The CPU int8/int4 engine (llama.cpp): a cached wheel installs in seconds; the first build takes
-  # long on 2 cores (docs/PERFORMANCE.md). QWEN_SKIP_LLAMACPP=1 skips it (the app then runs fp32 on CPU).
+  # about 4 minutes on 2 quiet cores (docs/PERFORMANCE.md). QWEN_SKIP_LLAMACPP=1 skips it (the app then runs fp32 on CPU).
   if [ "${QWEN_SKIP_LLAMACPP:-0}" != 1 ]; then
     bash scripts/install_llamacpp.sh
   fi
