@@ -22,9 +22,12 @@ USER = [{"role": "user", "content": "Tell me about the sea"}]
 def app(ckpt_dir, tmp_path_factory):
     global MODEL
     MODEL = ckpt_dir.name
+    # Prefix cache off: these tests compare seeded samples across requests, and a K/V reused from a
+    # prefill of another length differs in the last float bits, which a draw on the random model's flat
+    # distribution can turn into another token (an open exactness gap of issue 14, see the stop note).
     proc = AppProcess(
         ["--model", str(ckpt_dir), "--device", "cpu", "--concurrency", "2", "--max-queue", "16",
-         "--data-dir", str(tmp_path_factory.mktemp("data"))],
+         "--data-dir", str(tmp_path_factory.mktemp("data")), "--prefix-cache-mb", "0"],
         env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     yield proc

@@ -44,16 +44,19 @@ def test_meter_while_typing_counts_the_pages_own_store_without_receiving_it(hand
     store = _chat(h, "a long first turn about pomegranates " * 20)
     ann = _request("ann", "page-1")
     full = h.meter_view(store, SYSTEM, "draft", False, 6144, "[]", ann)
-    live = h.meter_draft(SYSTEM, "draft", False, 6144, "[]", ann)  # no store sent
+    live = h.meter_draft(SYSTEM, "draft", False, 6144, "[]", True, ann)  # no store sent
     assert live[:2] == full[:2]  # the same counts and raw prompt
+    # The raw prompt (the whole history) travels only while its panel is open.
+    closed = h.meter_draft(SYSTEM, "draft", False, 6144, "[]", False, ann)
+    assert closed[0] == full[0] and closed[1] == gr.skip()
     assert "pomegranates" in live[1]
     # The draft still counts: a longer one gives a larger total.
-    longer = h.meter_draft(SYSTEM, "draft " * 50, False, 6144, "[]", ann)
+    longer = h.meter_draft(SYSTEM, "draft " * 50, False, 6144, "[]", True, ann)
     assert "draft draft draft" in longer[1] and longer[0] != live[0]
     # A change to the chat (any event that sends the store) moves the meter's base with it.
     h.service.clear(store)
     h.persist(store, ann)
-    assert "pomegranates" not in h.meter_draft(SYSTEM, "draft", False, 6144, "[]", ann)[1]
+    assert "pomegranates" not in h.meter_draft(SYSTEM, "draft", False, 6144, "[]", True, ann)[1]
 
 
 def test_a_forged_or_borrowed_session_never_reaches_another_users_store(handlers):
@@ -61,12 +64,12 @@ def test_a_forged_or_borrowed_session_never_reaches_another_users_store(handlers
     store = _chat(h, "ann's secret plan")
     h.load(store, _request("ann", "page-ann"))
     # A session the server never saw: nothing to count against, the page's meter is left as it is.
-    assert h.meter_draft(SYSTEM, "x", False, 6144, "[]", _request("ann", "forged-session")) == (gr.skip(),) * 5
+    assert h.meter_draft(SYSTEM, "x", False, 6144, "[]", True, _request("ann", "forged-session")) == (gr.skip(),) * 5
     # Ann's session hash used by another login (or by nobody logged in) does not read her chats.
     for other in (_request("bob", "page-ann"), _request(None, "page-ann")):
-        out = h.meter_draft(SYSTEM, "x", False, 6144, "[]", other)
+        out = h.meter_draft(SYSTEM, "x", False, 6144, "[]", True, other)
         assert out == (gr.skip(),) * 5
-    assert "ann's secret plan" in h.meter_draft(SYSTEM, "x", False, 6144, "[]", _request("ann", "page-ann"))[1]
+    assert "ann's secret plan" in h.meter_draft(SYSTEM, "x", False, 6144, "[]", True, _request("ann", "page-ann"))[1]
     # A closed page's copy goes with its session.
     h.forget_session(_request("ann", "page-ann"))
-    assert h.meter_draft(SYSTEM, "x", False, 6144, "[]", _request("ann", "page-ann")) == (gr.skip(),) * 5
+    assert h.meter_draft(SYSTEM, "x", False, 6144, "[]", True, _request("ann", "page-ann")) == (gr.skip(),) * 5

@@ -80,7 +80,9 @@ _SCRIPT = """
   const ready = idb("readonly", (s) => s.get(KEY)).then((v) => { cache = v ?? null; }, () => {});
   ready.finally(() => {
     loaded = true;
-    // Gradio read the store before IndexedDB answered (not seen in practice): read it again.
+    // This load read in time: a later early read may reload again (the flag only stops a loop).
+    if (!readEarly) sessionStorage.removeItem("qc-store-reread");
+    // Gradio read the store before IndexedDB answered (seen once in CI, a cold browser): read it again.
     if (readEarly && cache && !sessionStorage.getItem("qc-store-reread")) {
       sessionStorage.setItem("qc-store-reread", "1");
       location.reload();
