@@ -76,18 +76,55 @@ _SCRIPT = """
     document.body ? show() : addEventListener("DOMContentLoaded", show);
   };
 
+  // A page whose Gradio read the store before IndexedDB answered ("read early") does not know yet
+  // whether it started without the saved chats: its writes wait for the answer (`pending`), and if
+  // a copy was there (`missed`) the page reloads to read it instead of overwriting it.
+  let wrote = false, missed = false, pending = null;
+
+  const write = (store, value) => {
+    wrote = true;
+    try {
+      setItem.call(store, KEY, value);
+      if (cache !== null) {  // localStorage has room again: one copy only
+        cache = null;
+        idb("readwrite", (s) => s.delete(KEY)).catch(() => {});
+      }
+      return;
+    } catch (err) {
+      console.warn("qwen-chat: localStorage write failed, using IndexedDB", err);
+    }
+    try { removeItem.call(store, KEY); } catch (err) { /* nothing stored */ }
+    cache = value;
+    idb("readwrite", (s) => s.put(value, KEY)).then(() => warn("fallback"), () => warn("lost"));
+  };
+
   // The IndexedDB copy (if any) is read at once, before Gradio's BrowserState mounts and reads.
-  const ready = idb("readonly", (s) => s.get(KEY)).then((v) => { cache = v ?? null; }, () => {});
+  const ready = idb("readonly", (s) => s.get(KEY)).then((v) => { if (!wrote) cache = v ?? null; }, () => {});
   ready.finally(() => {
     loaded = true;
+    missed = readEarly && cache !== null;
     // This load read in time: a later early read may reload again (the flag only stops a loop).
     if (!readEarly) sessionStorage.removeItem("qc-store-reread");
-    // Gradio read the store before IndexedDB answered (seen once in CI, a cold browser): read it again.
-    if (readEarly && cache && !sessionStorage.getItem("qc-store-reread")) {
+    // Gradio read the store before IndexedDB answered (seen in CI, a cold browser): read it again.
+    if (missed && !sessionStorage.getItem("qc-store-reread")) {
       sessionStorage.setItem("qc-store-reread", "1");
       location.reload();
+      return;
     }
+    if (!missed && pending !== null) write(localStorage, pending);  // nothing was missed: save it now
+    pending = null;
+    document.documentElement.dataset.qcStore = "ready";  // for tests: no reload of this page is coming
   });
+
+  // Gradio mounts (and BrowserState reads the store) only once IndexedDB has answered, so its one
+  // read already sees an IndexedDB copy: a cold browser in CI once read it first. Capped at 5 s in
+  // case IndexedDB hangs; a read that still comes early is handled above (reload, never overwrite).
+  const define = customElements.define;
+  const gate = Promise.race([ready, new Promise((ok) => setTimeout(ok, 5000))]);
+  customElements.define = function (name, cls, options) {
+    if (name !== "gradio-app" || loaded) return define.call(this, name, cls, options);
+    gate.then(() => { if (!customElements.get(name)) define.call(customElements, name, cls, options); });
+  };
 
   proto.getItem = function (key) {
     const value = getItem.call(this, key);
@@ -98,20 +135,9 @@ _SCRIPT = """
 
   proto.setItem = function (key, value) {
     if (this !== localStorage || key !== KEY) return setItem.call(this, key, value);
-    if (readEarly && cache) return;  // this page started without the saved chats: never overwrite them
-    try {
-      setItem.call(this, key, value);
-      if (cache !== null) {  // localStorage has room again: one copy only
-        cache = null;
-        idb("readwrite", (s) => s.delete(KEY)).catch(() => {});
-      }
-      return;
-    } catch (err) {
-      console.warn("qwen-chat: localStorage write failed, using IndexedDB", err);
-    }
-    try { removeItem.call(this, key); } catch (err) { /* nothing stored */ }
-    cache = value;
-    idb("readwrite", (s) => s.put(value, KEY)).then(() => warn("fallback"), () => warn("lost"));
+    if (readEarly && !loaded) { pending = value; return; }  // held until IndexedDB answers
+    if (missed) return;  // this page started without the saved chats: never overwrite them
+    write(this, value);
   };
 })();
 </script>

@@ -101,6 +101,8 @@ class ChatUI:
 
     def wait_ready(self) -> None:
         """The page has loaded the store (demo.load) and the meter has been computed from it."""
+        # The store guard (ui.browser_storage) has read IndexedDB and will not reload this page.
+        self.page.locator("html[data-qc-store=ready]").wait_for(state="attached", timeout=30_000)
         expect(self.message).to_be_visible(timeout=30_000)
         self.page.locator("#meter [data-dropped]").wait_for(state="attached", timeout=30_000)
 

@@ -40,6 +40,7 @@ def test_enter_sends_and_the_reply_streams(page, base_url, shot):
     ui.max_new_tokens(64)  # long enough to be sampled mid-stream on a loaded 2-core machine
 
     ui.message.fill("Hello, who are you?")
+    ui.arm()  # so "finished" below means this reply's chain, not the moment before it started
     ui.message.press("Enter")
     # The user's message is on screen at once and the input is emptied for the next one.
     expect(page.locator("#chat [data-testid=user]")).to_have_text(["Hello, who are you?"], timeout=3_000)
@@ -51,8 +52,10 @@ def test_enter_sends_and_the_reply_streams(page, base_url, shot):
         t = ui.transcript()
         lengths.append(len(t["bot"][-1]) if t["bot"] else 0)
         stop_was_enabled |= ui.stop.is_enabled()
-        if page.evaluate("() => document.querySelector('button#stop').disabled") and "(1/1 turns)" in (
-            ui.meter.inner_text()
+        # The meter can read "1/1 turns" before the chain starts (it counts the sent message),
+        # so "finished" also needs the armed observer to have seen Stop enabled.
+        if page.evaluate("() => window.__qcReplyStarted && document.querySelector('button#stop').disabled") and (
+            "(1/1 turns)" in ui.meter.inner_text()
         ):
             break
         page.wait_for_timeout(100)

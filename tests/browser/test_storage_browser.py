@@ -131,6 +131,73 @@ def test_full_local_storage_falls_back_to_indexeddb_and_says_so(page, base_url):
     assert ui.transcript()["user"] == ["kept despite a full storage: capybara 31", "room again"]
 
 
+# Holds the guard's first IndexedDB open of a page back by sessionStorage "test-slow-idb" ms (once):
+# a cold browser in CI was that slow by itself. Past the guard's 5 s cap Gradio mounts and reads the
+# store before IndexedDB answers ("read early").
+_SLOW_IDB_JS = """
+(() => {
+  const delay = Number(sessionStorage.getItem("test-slow-idb"));
+  if (!delay) return;
+  sessionStorage.removeItem("test-slow-idb");
+  const open = IDBFactory.prototype.open;
+  let first = true;
+  IDBFactory.prototype.open = function (...args) {
+    if (!first) return open.apply(this, args);
+    first = false;
+    const held = {};
+    setTimeout(() => {
+      const req = open.apply(this, args);
+      for (const ev of ["upgradeneeded", "success", "error"]) {
+        req["on" + ev] = (e) => {
+          held.result = req.result;
+          held.error = req.error;
+          if (held["on" + ev]) held["on" + ev](e);
+        };
+      }
+    }, delay);
+    return held;
+  };
+})();
+"""
+
+
+def test_a_page_that_read_the_store_before_indexeddb_answered_still_saves_every_reply(page, base_url):
+    """Seen in CI: Gradio read the store before IndexedDB answered; IndexedDB then had no copy, but
+    the page kept treating itself as "started without the saved chats" and dropped every later save
+    that had to go to IndexedDB: after a reload the reply was gone."""
+    page.add_init_script(_SLOW_IDB_JS)
+    ui = ChatUI.open(page, base_url)
+    # A first visit: no copy anywhere, and this load reads early.
+    page.evaluate(
+        f"() => {{ sessionStorage.setItem('test-slow-idb', '6500'); localStorage.removeItem({STORE_KEY!r}); }}"
+    )
+    ui.reload()  # waits until IndexedDB has answered (ChatUI.wait_ready)
+    ui.max_new_tokens(6)
+    assert page.evaluate(_FILL_JS) > 1_000_000
+    reply = ui.chat("saved although read early: okapi 7", turns=1)
+    expect(page.locator("#qc-storage-alert")).to_contain_text("IndexedDB")
+
+    ui.reload()
+    t = ui.transcript()
+    assert t["user"] == ["saved although read early: okapi 7"] and t["bot"] == [reply]
+
+    # Read early again, now with a copy in IndexedDB: the page reloads to read it, and the early
+    # page's own (empty) store never overwrites the saved chats.
+    page.evaluate("() => { sessionStorage.setItem('test-slow-idb', '6500'); }")
+    ui.reload()  # waits for the guard's own reload too (ChatUI.wait_ready)
+    t = ui.transcript()
+    assert t["user"] == ["saved although read early: okapi 7"] and t["bot"] == [reply]
+
+    # A slow IndexedDB within the cap: Gradio waits for it and reads the copy at once, no reload.
+    page.evaluate(
+        "() => { sessionStorage.removeItem('qc-store-reread'); sessionStorage.setItem('test-slow-idb', '2500'); }"
+    )
+    ui.reload()
+    t = ui.transcript()
+    assert t["user"] == ["saved although read early: okapi 7"] and t["bot"] == [reply]
+    assert page.evaluate("() => sessionStorage.getItem('qc-store-reread')") is None  # the guard did not reload
+
+
 def test_a_3_mb_chat_imports_survives_a_reload_and_exports_back(page, base_url, tmp_path):
     """Past 2 MB every event used to get 413 and a reload showed "Error" in every panel."""
     errors: list[int] = []
