@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from .browser_storage import STORE_KEY
+from .chat_menu import ChatMenuParts, build_chat_menu
 from .i18n import EN, ZH
 from .presets import PresetControls, build_presets, settings_state
 from .reply_controls import ReplyControls, build_reply_controls
@@ -140,6 +141,7 @@ class Page:
     tools: ToolsPanel | None = None
     # reply versions, Continue, Start reply with…, Restore chat (ui.reply_controls)
     replies: ReplyControls | None = None
+    chat_menu: ChatMenuParts | None = None  # the chat list's ⋯ menus (ui.chat_menu)
     # sampler presets, settings remembered per browser (ui.presets)
     presets: PresetControls | None = None
 
@@ -181,6 +183,7 @@ def build_page(secret: str, context_length: int, title: str = "Qwen Chat", model
                 export_json = gr.DownloadButton(i18n("export_json"), size="sm", visible=False)
                 export_md = gr.DownloadButton(i18n("export_md"), size="sm", visible=False)
             import_chat = gr.UploadButton(i18n("import_chat"), file_types=[".json"], size="sm")
+            chat_menu = build_chat_menu()
         with gr.Row(elem_id="header"):
             # The page's language, remembered in this browser (ui.page_js: LANGUAGE_*).
             language = gr.Radio(

@@ -80,8 +80,10 @@ LANGUAGE_SWITCH_JS = f"""
 
 # Gradio's .input misses some edits; every edit of the draft or the chat search (typing, paste,
 # cut, deleting, input-method entry) fires the DOM's 'input' event, and IME entry ends with
-# 'compositionend'. Delegated from the document (Gradio may re-render the textareas), debounced
-# ~150 ms, each clicks a hidden button whose click event refreshes the meter or the chat list.
+# 'compositionend'. Delegated from the document (Gradio may re-render the textareas), each clicks a
+# hidden button whose click event refreshes the meter or the chat list. No long debounce: those
+# events are trigger_mode="always_last" (ui.wiring), so keys typed while one is in flight cost one
+# more request after it, not one each; the 20 ms only folds the events of one edit (paste + input).
 LIVE_INPUT_JS = """
 () => {
   if (window.__qcLiveInput) return;
@@ -96,7 +98,7 @@ LIVE_INPUT_JS = """
     timers[box.id] = setTimeout(() => {
       const button = document.getElementById(targets[box.id]);
       if (button) button.click();
-    }, 150);
+    }, 20);
   };
   document.addEventListener('input', fire, true);
   document.addEventListener('compositionend', fire, true);

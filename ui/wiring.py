@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .chat_menu import wire_chat_menu
 from .handlers import Handlers
 from .layout import MARK_DROPPED_JS, Page
 from .page_js import (
@@ -77,6 +78,7 @@ def wire(page: Page, h: Handlers) -> None:
     ev = p.chatbot.edit(h.edit, [p.store], chat)
     replies.append(ev.success(**respond_io))
     replies += wire_replies(p, h, respond_io, meter_io, MARK_DROPPED_JS)  # ‹ 2/3 ›, Continue, Restore
+    wire_chat_menu(p, h, meter_io, MARK_DROPPED_JS)  # ⋯ on every chat: Rename, Export, Delete
     wire_presets(p, h, loaded)  # sampler presets; the settings this browser last used come back after load
     for reply in replies:
         reply.then(**meter_io).then(None, js=MARK_DROPPED_JS)
