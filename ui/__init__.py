@@ -15,6 +15,7 @@ from .layout import CSS, build_page, i18n
 from .owner import Access
 from .page_js import LANGUAGE_HEAD
 from .personas import PersonaLibraries
+from .presets import SettingsStore
 from .service import ChatService, Limits
 from .sessions import SessionSweeper
 from .storage import stable_secret
@@ -53,7 +54,9 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
     sweeper = SessionSweeper(page.demo, config.closed_session_ttl)
     handlers = Handlers(service, users, sweeper, libraries, config.access, config.log_content)
     with page.demo:
-        wire(page, handlers)
+        # With logins, settings and presets follow the login (DATA/settings), not the browser.
+        settings_store = SettingsStore(config.data_dir / "settings") if config.access.logins else None
+        wire(page, handlers, settings_store)
         endpoint = make_chat_endpoint(service, config.access, config.log_content)
         gr.api(endpoint, api_name="chat", concurrency_id="generate")
     # Gradio's own queue only needs to pass requests on; the scheduler decides who runs.

@@ -1,20 +1,26 @@
-"""Sampler presets and the generation settings remembered per browser (Generation tab).
+"""Sampler presets and the generation settings remembered per browser, or per login (Generation tab).
 
 The browser keeps ``{"last": {setting: value}, "presets": {name: {setting: value}}}`` in its own
 encrypted ``BrowserState`` (not the chat store): the values the user last set are put back on the
 next visit, after the persona's, and named presets they saved are offered next to the built-in ones.
-Only what the user changes is recorded (``.input``), so values set by the page itself never
-overwrite what was remembered.
+With logins (``--auth``) the same state is also kept on the server per login
+(:class:`SettingsStore`), so a user finds their presets in every browser they sign in from; the
+server's copy is then the one that counts. Only what the user changes is recorded (``.input``), so
+values set by the page itself never overwrite what was remembered.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from .refusal import Refusal
 from .settings_form import SETTING_ORDER, SLIDER_RANGES
+from .storage import atomic_write_text
 
 SETTINGS_KEY = "qwen-chat-settings-v1"
 MAX_PRESETS = 30
@@ -76,31 +82,79 @@ def saved_state(saved) -> dict:
     return {"last": clean(saved.get("last")), "presets": {str(k)[:60]: clean(v) for k, v in presets.items()}}
 
 
-class PresetActions:
-    """Handlers, bound to the page's :class:`ui.handlers.Handlers` (for the model defaults)."""
+class SettingsStore:
+    """``DATA/settings/<owner hash>.json``: one login's remembered settings and presets.
 
-    def __init__(self, handlers):
+    The file name is the owner's fixed-length hash (:attr:`ui.owner.Owner.folder_name`), so no user
+    text ever names a path; what is read back goes through :func:`saved_state` like the browser's copy.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def load(self, key: str) -> dict | None:
+        """The saved state, or None (none yet, or a damaged file: the browser's copy is used then)."""
+        try:
+            return saved_state(json.loads((self.folder / f"{key}.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None
+
+    def save(self, key: str, state: dict) -> None:
+        with self._lock:
+            atomic_write_text(self.folder / f"{key}.json", json.dumps(state))
+
+
+class PresetActions:
+    """Handlers, bound to the page's :class:`ui.handlers.Handlers` (for the model defaults and the
+    caller's login) and, with logins, the server's :class:`SettingsStore`."""
+
+    def __init__(self, handlers, store: SettingsStore | None = None):
         self.h = handlers
+        self.store = store
 
     def _context(self) -> int | None:
         engine = self.h.service.manager.engine
         return engine.info.context_length if engine is not None else None
 
-    def remember(self, saved, *values):
-        """A setting changed by the user: remember every setting's value for this browser."""
-        state = saved_state(saved)
-        state["last"] = clean(dict(zip(SETTING_ORDER, values, strict=True)), self._context())
+    def _login_key(self, request) -> str | None:
+        if self.store is None:
+            return None
+        owner = self.h.owner(request)
+        return owner.folder_name if owner.kind == "user" and owner.id else None
+
+    def _state(self, saved, request) -> dict:
+        """The caller's state: with a login, only their login's copy on the server (a browser's copy
+        may be another login's, who used this browser before), else the browser's."""
+        key = self._login_key(request)
+        if key:
+            return self.store.load(key) or saved_state(None)
+        return saved_state(saved)
+
+    def _keep(self, state: dict, request) -> dict:
+        key = self._login_key(request)
+        if key:
+            self.store.save(key, state)
         return state
 
-    def restore(self, saved):
-        """On page load, after the persona's settings: the values this browser last used."""
-        last = saved_state(saved)["last"]
-        choices = gr.update(choices=[DEFAULTS, *BUILTIN, *saved_state(saved)["presets"]])
-        return choices, *[last[k] if k in last else gr.skip() for k in SETTING_ORDER]
+    def remember(self, saved, request: gr.Request, *values):
+        """A setting changed by the user: remember every setting's value for this browser (and login).
 
-    def apply(self, saved, name):
+        ``request`` comes before ``*values``: Gradio passes it only to a parameter before them."""
+        state = self._state(saved, request)
+        state["last"] = clean(dict(zip(SETTING_ORDER, values, strict=True)), self._context())
+        return self._keep(state, request)
+
+    def restore(self, saved, request: gr.Request = None):
+        """On page load, after the persona's settings: the values this browser (or login) last used."""
+        state = self._state(saved, request)
+        last = state["last"]
+        choices = gr.update(choices=[DEFAULTS, *BUILTIN, *state["presets"]])
+        return state, choices, *[last[k] if k in last else gr.skip() for k in SETTING_ORDER]
+
+    def apply(self, saved, name, request: gr.Request = None):
         """A preset picked: its values into the sliders (and remembered, like any change)."""
-        state = saved_state(saved)
+        state = self._state(saved, request)
         if name == DEFAULTS:
             values = dict(zip(SETTING_ORDER, self.h.default_settings(), strict=True))
         else:
@@ -108,28 +162,30 @@ class PresetActions:
         out = [values[k] if k in values and values[k] is not None else gr.skip() for k in SETTING_ORDER]
         return *out, gr.update(value=name)
 
-    def save(self, saved, name, *values):
-        """Save the sliders' values as a named preset of this browser."""
+    def save(self, saved, name, request: gr.Request, *values):
+        """Save the sliders' values as a named preset of this browser (and login)."""
         name = " ".join((name or "").split())[:60]
         if not name:
             raise Refusal("Give the preset a name first.", duration=6)
         if name in BUILTIN or name == DEFAULTS:
             raise Refusal(f"“{name}” is a built-in preset; choose another name.", duration=6)
-        state = saved_state(saved)
+        state = self._state(saved, request)
         if name not in state["presets"] and len(state["presets"]) >= MAX_PRESETS:
             raise Refusal(
                 f"This browser keeps at most {MAX_PRESETS} presets; save over one of them (same name).", duration=8
             )
         state["presets"][name] = clean(dict(zip(SETTING_ORDER, values, strict=True)), self._context())
-        gr.Info(f"Preset “{name}” saved in this browser.", duration=4)
-        return state, gr.update(choices=[DEFAULTS, *BUILTIN, *state["presets"]], value=name)
+        where = "for your login (every browser you sign in from)" if self._login_key(request) else "in this browser"
+        gr.Info(f"Preset “{name}” saved {where}.", duration=4)
+        return self._keep(state, request), gr.update(choices=[DEFAULTS, *BUILTIN, *state["presets"]], value=name)
 
 
-def wire_presets(page, h, loaded) -> None:
-    """Connect the presets; ``loaded`` is the page's load event (restoring runs after it)."""
+def wire_presets(page, h, loaded, store: SettingsStore | None = None) -> None:
+    """Connect the presets; ``loaded`` is the page's load event (restoring runs after it);
+    ``store``: the server's per-login copies (with logins only)."""
     p, c = page, page.presets
-    actions = PresetActions(h)
-    loaded.then(actions.restore, [c.saved], [c.pick, *p.settings], show_progress="hidden")
+    actions = PresetActions(h, store)
+    loaded.then(actions.restore, [c.saved], [c.saved, c.pick, *p.settings], show_progress="hidden")
     for component in p.settings:
         component.input(actions.remember, [c.saved, *p.settings], [c.saved], queue=False, show_progress="hidden")
     c.pick.input(actions.apply, [c.saved, c.pick], [*p.settings, c.pick], show_progress="hidden").then(

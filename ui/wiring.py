@@ -13,13 +13,13 @@ from .page_js import (
     NARROW_SIDEBAR_JS,
     PANEL_TOGGLE_JS,
 )
-from .presets import wire_presets
+from .presets import SettingsStore, wire_presets
 from .reply_controls import wire_replies
 from .tools_panel import wire as wire_tools_panel
 
 
-def wire(page: Page, h: Handlers) -> None:
-    """Connect every component of ``page`` to ``h``."""
+def wire(page: Page, h: Handlers, settings_store: SettingsStore | None = None) -> None:
+    """Connect every component of ``page`` to ``h`` (``settings_store``: presets per login)."""
     p = page
     view = [p.store, p.chatbot, p.chat_list, p.chat_name]
     chat = [p.store, p.chatbot]
@@ -79,7 +79,9 @@ def wire(page: Page, h: Handlers) -> None:
     replies.append(ev.success(**respond_io))
     replies += wire_replies(p, h, respond_io, meter_io, MARK_DROPPED_JS)  # ‹ 2/3 ›, Continue, Restore
     wire_chat_menu(p, h, meter_io, MARK_DROPPED_JS)  # ⋯ on every chat: Rename, Export, Delete
-    wire_presets(p, h, loaded)  # sampler presets; the settings this browser last used come back after load
+    wire_presets(
+        p, h, loaded, settings_store
+    )  # sampler presets; the settings this browser last used come back after load
     for reply in replies:
         reply.then(**meter_io).then(None, js=MARK_DROPPED_JS)
     p.stop.click(h.stop, None, None, cancels=replies, queue=False).then(

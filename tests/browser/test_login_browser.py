@@ -78,3 +78,45 @@ def test_two_logged_in_users_see_only_their_own_chats(new_context, login_server)
     bob_ui.reload()  # --server-history: what comes back is Bob's own saved chats only
     assert "4711" not in bob.content() and "Bob wonders" in bob.content()
     assert "Bob wonders" not in ann.content()
+
+
+def _saved_presets(page) -> list[str]:
+    pick = page.get_by_role("combobox", name="Sampler preset", exact=True)
+    pick.click()
+    names = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return [n.strip() for n in names]
+
+
+def test_presets_follow_the_login_into_another_browser_and_no_one_else_sees_them(new_context, login_server):
+    """Issue 15, item 7: with --auth, settings and presets are remembered per user, not per browser."""
+    first = new_context()
+    page = first.new_page()
+    _log_in(page, login_server.url, "ann", USERS["ann"])
+    ui = ChatUI(page)
+    ui.wait_ready()
+    ui.set_number("Temperature (0 = greedy)", 0.45, back_to="")
+    page.locator("#preset-name input, #preset-name textarea").first.fill("Ann's sampler")
+    page.locator("#save-preset").click()
+    expect(page.locator("#preset-pick input")).to_have_value("Ann's sampler")
+    expect(page.locator(".toast-body").last).to_contain_text("for your login")
+
+    # Another browser, same login: the preset and the last values are there.
+    other = new_context().new_page()
+    _log_in(other, login_server.url, "ann", USERS["ann"])
+    other_ui = ChatUI(other)
+    other_ui.wait_ready()
+    other_ui.tab("Generation")
+    temperature = other.get_by_label("number input for Temperature (0 = greedy)", exact=True)
+    expect(temperature).to_have_value("0.45")
+    assert "Ann's sampler" in _saved_presets(other)
+
+    # Bob signs in from Ann's first browser (its own copy holds Ann's state): he sees none of it.
+    first.clear_cookies()
+    bob = first.new_page()
+    _log_in(bob, login_server.url, "bob", USERS["bob"])
+    bob_ui = ChatUI(bob)
+    bob_ui.wait_ready()
+    bob_ui.tab("Generation")
+    assert "Ann's sampler" not in _saved_presets(bob)
+    expect(bob.get_by_label("number input for Temperature (0 = greedy)", exact=True)).not_to_have_value("0.45")
