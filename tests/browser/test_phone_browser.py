@@ -44,7 +44,7 @@ def test_phone_layout(new_context, base_url, shot):
     expect(system).to_be_in_viewport()
     page.get_by_role("tab", name="Generation", exact=True).click()
     expect(page.get_by_label("number input for Max new tokens", exact=True)).to_be_in_viewport()
-    shot(page, "drawer")
+    shot(page, "drawer", docs="screenshot-phone.png")
     assert page.evaluate("() => window.scrollY") == 0
     ui.max_new_tokens(4)  # settings work from the drawer
     page.get_by_role("button", name="✕ Close", exact=True).click()

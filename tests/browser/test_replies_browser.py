@@ -53,7 +53,7 @@ def test_versions_continue_and_start_reply_with(page, base_url, shot):
     page.locator("#version-next").click()
     expect(position).to_have_text("2/2")
     expect(page.locator("#chat [data-testid=bot]:not(:has(.thought-group))")).to_have_text([second])
-    shot(page, "versions")
+    shot(page, "versions", docs="screenshot-reply-versions.png")
 
     # Continue extends the shown reply in place (no new message)
     ui.arm()
