@@ -163,26 +163,7 @@ def register(router: APIRouter, manager, scheduler: Scheduler, user_of, max_body
 
 
 async def _collect(runner: Runner, job: Job, rid: str, model: str) -> dict:
-    n = len(runner.choices)
-    content: dict[int, list[str]] = {i: [] for i in range(n)}
-    lps: dict[int, list] = {i: [] for i in range(n)}
-    finish: dict[int, str] = {}
-    try:
-        while len(finish) < n:
-            kind, i, payload = await runner.queue.get()
-            if kind == "delta":
-                delta, entries = payload
-                if "content" in delta:
-                    content[i].append(delta["content"])
-                lps[i].extend(entries)
-            elif kind == "logprobs":
-                lps[i].extend(payload)
-            elif kind == "end":
-                finish[i] = payload
-            else:
-                raise generation_error(payload)
-    finally:
-        runner.cancel()
+    content, lps, finish = await runner.collect()
     choices = []
     tok = job.engine.tokenizer
     for c in runner.choices:

@@ -194,26 +194,8 @@ def _scored(job: Job, echo: list, rid: str, model: str) -> dict:
 
 
 async def _collect(runner: Runner, job: Job, echo: list, rid: str, model: str) -> dict:
-    n = len(runner.choices)
     tok = job.engine.tokenizer
-    text: dict[int, list[str]] = {i: [] for i in range(n)}
-    entries: dict[int, list] = {i: [] for i in range(n)}
-    finish: dict[int, str] = {}
-    try:
-        while len(finish) < n:
-            kind, i, payload = await runner.queue.get()
-            if kind == "delta":
-                delta, lps = payload
-                text[i].append(delta.get("content", ""))
-                entries[i].extend(lps)
-            elif kind == "logprobs":
-                entries[i].extend(payload)
-            elif kind == "end":
-                finish[i] = payload
-            else:
-                raise generation_error(payload)
-    finally:
-        runner.cancel()
+    text, entries, finish = await runner.collect()
     choices = []
     for c in runner.choices:
         echo_text, echo_lp = echo[c.index // job.req.n]

@@ -19,6 +19,7 @@ from qwen_core.stops import StopMatcher
 from qwen_core.text import coalesced
 
 from . import metrics
+from .errors import generation_error
 
 # One stop matcher for every reply (qwen_core.stops); the old name stays importable.
 StopStrings = StopMatcher
@@ -92,6 +93,32 @@ class Runner:
         """Stop every stream (within one token); the readers then end and the slot is released."""
         for choice in self.choices:
             choice.stream.cancel()
+
+    async def collect(self) -> tuple[dict[int, list[str]], dict[int, list], dict[int, str]]:
+        """A non-streamed request: every choice's text pieces, logprob entries and finish reason.
+
+        A stream's error is raised (as the API's error); every stream is cancelled on the way out."""
+        n = len(self.choices)
+        text: dict[int, list[str]] = {i: [] for i in range(n)}
+        entries: dict[int, list] = {i: [] for i in range(n)}
+        finish: dict[int, str] = {}
+        try:
+            while len(finish) < n:
+                kind, i, payload = await self.queue.get()
+                if kind == "delta":
+                    delta, lps = payload
+                    if "content" in delta:
+                        text[i].append(delta["content"])
+                    entries[i].extend(lps)
+                elif kind == "logprobs":
+                    entries[i].extend(payload)
+                elif kind == "end":
+                    finish[i] = payload
+                else:
+                    raise generation_error(payload)
+        finally:
+            self.cancel()
+        return text, entries, finish
 
     def _emit(self, *event) -> None:
         try:
