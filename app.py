@@ -12,6 +12,9 @@ import functools
 import logging
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +78,7 @@ class AppConfig:
     compile: bool = False  # one reply at a time through a static KV cache + torch.compile
     compile_backend: str = "inductor"
     prefix_cache_mb: float | None = None  # K/V reused across chat turns; None: the device's default, 0: off
+    startup_delay_s: float = 0.0  # tests only: the loading thread waits this long first (keeps the loading page up)
 
     def __post_init__(self) -> None:
         if self.concurrency is None:
@@ -124,6 +128,8 @@ class AppConfig:
             raise ValueError(f"--admins names {', '.join(unknown)}: not --auth users; list --auth logins only")
         if self.prefix_cache_mb is not None and not 0 <= self.prefix_cache_mb <= 1_048_576:
             raise ValueError("--prefix-cache-mb must be between 0 (off) and 1048576 (1 TB)")
+        if not 0 <= self.startup_delay_s <= 600:
+            raise ValueError("--startup-delay-s must be between 0 and 600 seconds")
         if self.compile and self.backend != "local":
             raise ValueError("--compile applies to the local model only (the --endpoint servers compile their own)")
         if self.compile and self.concurrency != 1:
@@ -249,6 +255,9 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         help="MB for K/V reused across chat turns (default: 4096 on CPU, at most 1/4 of the free RAM; "
         "20%% of the free GPU memory; 0: off)",
     )
+    ap.add_argument(  # for tests: makes the loading page's window observable; not a user option
+        "--startup-delay-s", type=float, default=float(_env("STARTUP_DELAY_S", "0")), help=argparse.SUPPRESS
+    )
     a = ap.parse_args(argv)
     if a.concurrency is None and _env("CONCURRENCY"):
         a.concurrency = int(_env("CONCURRENCY"))
@@ -290,6 +299,7 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         compile=a.compile,
         compile_backend=a.compile_backend,
         prefix_cache_mb=a.prefix_cache_mb,
+        startup_delay_s=a.startup_delay_s,
     )
 
 
@@ -305,8 +315,9 @@ def pick_model(config: AppConfig) -> str:
     return rec.variant.modelscope_id if config.source == "modelscope" else rec.variant.hf_id
 
 
-def build(config: AppConfig):
-    """Load the model and compose UI + API; returns the ASGI app."""
+def build(config: AppConfig, report: Callable[[float, str], None] | None = None):
+    """Load the model and compose UI + API; returns the ASGI app. ``report(fraction, message)``
+    hears the load's progress (the loading page shows it)."""
     from qwen_core import load_engine
     from qwen_core.compiled import CompileSettings
     from qwen_core.manager import ModelManager, ModelSpec
@@ -344,8 +355,12 @@ def build(config: AppConfig):
 
     def progress(fraction: float, message: str) -> None:
         log.info("%3d%% %s", int(fraction * 100), message)
+        if report is not None:
+            report(fraction, message)
 
     manager.start(first, progress)
+    if report is not None:
+        report(1.0, "Preparing the chat page")
     scheduler = Scheduler(SchedulerConfig(config.concurrency, config.max_queue, config.rate_limit))
     ui_config = UIConfig(
         data_dir=Path(config.data_dir),
@@ -376,8 +391,20 @@ def build(config: AppConfig):
     )
 
 
+def display_name(config: AppConfig) -> str | None:
+    """The model's name for the loading page before anything is loaded (``ModelSpec.name``'s rule)."""
+    if config.backend == "openai":
+        return config.model or "remote"
+    return config.model.rstrip("/").split("/")[-1] if config.model else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code.
+
+    The port is opened first, on :class:`server.loading.LoadingApp` (a page with the load's
+    progress, ``/readyz`` 503); the model and the app are built on a thread and handed over once
+    built. A build that fails stops the server and the process, as before the port was opened.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = parse_config(argv)
@@ -392,29 +419,65 @@ def main(argv: list[str] | None = None) -> int:
     # now and then. A deployment that wants Gradio's numbers can still set both.
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "50")
-    try:
-        asgi = build(config)
-    except QwenCoreError as exc:
-        print(f"\nCannot start: {exc}\n", file=sys.stderr)
-        return 2
     if config.share:
         log.warning("--share is not available when the API is mounted beside the UI; use a tunnel or --host 0.0.0.0")
     import uvicorn
 
-    log.info("Serving the UI at http://%s:%d/ and the API at /v1", config.host, config.port)
-    watchdog = None
-    if config.hang_exit:
-        from server.watchdog import HangWatchdog
+    from server.loading import InnerStartupFailed, LoadingApp
 
-        log.info(
-            "Hang watchdog: the process exits (for its supervisor to restart it) if it stalls %g s", config.hang_exit
+    loading = LoadingApp(display_name(config))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            loading, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5, lifespan="on"
         )
-        watchdog = HangWatchdog(config.hang_exit).start()
+    )
+    outcome: dict = {}
+    watchdogs: list = []
+    stopped = threading.Event()  # the server has returned
+
+    def load() -> None:
+        while not server.started:  # listen first: the imports below would slow the start of the server
+            if stopped.wait(0.05):
+                return
+        try:
+            if config.startup_delay_s:
+                time.sleep(config.startup_delay_s)
+            asgi = build(config, loading.progress)
+            if not loading.serve(asgi):
+                return  # the server is stopping already
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which reports it
+            outcome["error"] = exc
+            loading.fail(str(exc) if isinstance(exc, QwenCoreError) else None)
+            loading.linger(3.0)  # a page watching the load shows why it stopped
+            server.should_exit = True
+            return
+        log.info("Serving the UI at http://%s:%d/ and the API at /v1", config.host, config.port)
+        if config.hang_exit and not (server.should_exit or stopped.is_set()):
+            from server.watchdog import HangWatchdog
+
+            log.info(
+                "Hang watchdog: the process exits (for its supervisor to restart it) if it stalls %g s",
+                config.hang_exit,
+            )
+            watchdogs.append(HangWatchdog(config.hang_exit).start())
+
+    log.info("Listening at http://%s:%d/ (a loading page until the model is loaded)", config.host, config.port)
+    threading.Thread(target=load, name="model-load", daemon=True).start()
     try:
-        uvicorn.run(asgi, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5)
+        server.run()
     finally:
-        if watchdog:
+        stopped.set()
+        for watchdog in watchdogs:
             watchdog.stop()
+    error = outcome.get("error")
+    if isinstance(error, QwenCoreError):
+        print(f"\nCannot start: {error}\n", file=sys.stderr)
+        return 2
+    if isinstance(error, InnerStartupFailed):
+        log.error("The app's startup failed: %s", error)
+        return 3  # what uvicorn exits with when the lifespan startup of the app it serves fails
+    if error is not None:
+        raise error
     return 0
 
 

@@ -39,7 +39,9 @@ def free_ports(n: int) -> list[int]:
 class AppProcess:
     """``python app.py ...`` until stopped; ``url`` is its base address."""
 
-    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 180):
+    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 180, wait: str = "ready"):
+        """``wait``: ``"ready"`` (``/readyz`` 200: the model is loaded) or ``"listening"`` (any HTTP
+        answer: the loading page is up)."""
         import tempfile
 
         self.port = free_port()
@@ -55,6 +57,13 @@ class AppProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        if wait == "listening":
+            self.wait_listening(timeout)
+        else:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until ``/readyz`` answers 200."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -67,6 +76,24 @@ class AppProcess:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"app did not become ready in {timeout} s")
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        """Until the port gives any HTTP answer (``/healthz``: 200 while loading, too)."""
+        import urllib.error
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"app did not listen in {timeout} s")
 
     def output(self) -> str:
         """Everything the app has printed so far."""

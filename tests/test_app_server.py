@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,14 +34,15 @@ def server(ckpt_dir, tmp_path_factory):
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"app exited: {proc.stdout.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+        try:  # the port answers at once (a loading page); /readyz says when the model is loaded
+            with urllib.request.urlopen(url + "readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
         except OSError:
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("app did not start in 120 s")
+        pytest.fail("app was not ready in 120 s")
     yield url
     proc.terminate()
     proc.wait(30)
