@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .errors import InputTooLong
 from .info import EngineInfo, ReplyResult
 from .messages import Message, split
 from .prompt import DEFAULT_SYSTEM, PromptBuilder, PromptPlan
@@ -224,6 +225,54 @@ class PromptSide:
             "prompt log-probabilities (echo with logprobs and max_tokens 0) need a model loaded in this "
             f"process; this backend ({self.info.decode}) has none"
         )
+
+
+class LocalPromptSide(PromptSide):
+    """The prompt half of a backend that decodes in this process (transformers, llama.cpp): it knows
+    the context length, so it checks a prompt fits and takes token constraints.
+
+    Subclasses implement ``stream_prompt(prompt_ids, settings, cancel, constraint=None)``.
+    """
+
+    supports_constraints = True
+
+    def room_for(self, prompt_ids: list[int], settings: GenerationSettings) -> int:
+        """How many new tokens the reply may take; raises :class:`InputTooLong` if the prompt fills the context."""
+        limit = self.info.context_length
+        if len(prompt_ids) >= limit:
+            raise InputTooLong(
+                f"The prompt is {len(prompt_ids)} tokens but {self.info.model_id} handles at most {limit}. "
+                "Shorten the message, or lower max_window_size so fewer past turns are kept."
+            )
+        return min(settings.max_new_tokens, limit - len(prompt_ids))
+
+    def stream_chat(
+        self,
+        query: str,
+        history: Sequence | None = None,
+        system: str | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        system_in_first_turn: bool = False,
+        constraint: Any = None,
+        reply_prefix: str = "",
+        **gen,
+    ):
+        """Stream the reply to ``query`` as text pieces.
+
+        ``reply_prefix``: the reply's given start, written into the prompt after the assistant
+        header; the stream (and ``result.text``) holds only what the model writes after it, so
+        the caller joins the two (Continue, "Start reply with…").
+
+        ``gen``: any :class:`GenerationSettings` field (do_sample, temperature, top_p, top_k,
+        repetition_penalty, max_new_tokens, seed, max_window_size, presence_penalty,
+        frequency_penalty, min_p, logit_bias, min_tokens, ignore_eos, stop_token_ids, logprobs).
+        The returned stream's ``result`` says why it ended, with token counts and speed, once it
+        is exhausted. ``constraint``: a token constraint (see the backend's ``stream_prompt``).
+        """
+        settings = self.settings(**gen)
+        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn, reply_prefix)
+        return self.stream_prompt(plan.ids, settings, cancel, constraint)
 
 
 def split_messages(messages: Sequence[dict | Message]) -> tuple[str, list[tuple[str, str]], str]:

@@ -6,9 +6,8 @@ This is the public API every front end (UI, CLI, HTTP) consumes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
-from .backend import PromptSide
+from .backend import LocalPromptSide
 from .backend import split_messages as split_messages  # moved to the torch-free contract module
 from .errors import InputTooLong
 from .generation import ReplyResult, ReplyStream, TokenConstraint, TokenLogprob
@@ -18,14 +17,13 @@ from .settings import GenerationSettings
 from .tokenizer import QwenTokenizer
 
 
-class Engine(PromptSide):
+class Engine(LocalPromptSide):
     """A loaded model. Build it with :func:`qwen_core.load_engine`.
 
     Implements :class:`~qwen_core.backend.Backend`; the prompt side (``plan_prompt``, ``build_prompt``,
     ``count_tokens``, ``settings``, ``stream_messages``, ``chat``) is :class:`~qwen_core.backend.PromptSide`.
     """
 
-    supports_constraints = True
     supports_prompt_logprobs = True
 
     def __init__(
@@ -98,48 +96,12 @@ class Engine(PromptSide):
         ``constraint``: a :class:`~qwen_core.sampling.TokenConstraint` (one per reply) that masks
         the logits of every step, e.g. to guarantee JSON output.
         """
-        limit = self.info.context_length
-        if len(prompt_ids) >= limit:
-            raise InputTooLong(
-                f"The prompt is {len(prompt_ids)} tokens but {self.info.model_id} handles at most {limit}. "
-                "Shorten the message, or lower max_window_size so fewer past turns are kept."
-            )
-        max_new = min(settings.max_new_tokens, limit - len(prompt_ids))
+        max_new = self.room_for(prompt_ids, settings)
         stream = ReplyStream(
             self.model, self.tokenizer, prompt_ids, settings, max_new, cancel, self.batcher, constraint=constraint
         )
         self.last_result = stream.result
         return stream
-
-    def stream_chat(
-        self,
-        query: str,
-        history: Sequence | None = None,
-        system: str | None = None,
-        *,
-        cancel: threading.Event | None = None,
-        system_in_first_turn: bool = False,
-        constraint: TokenConstraint | None = None,
-        reply_prefix: str = "",
-        **gen,
-    ) -> ReplyStream:
-        """Stream the reply to ``query`` as text pieces.
-
-        ``reply_prefix``: the reply's given start, written into the prompt after the assistant
-        header; the stream (and ``result.text``) holds only what the model writes after it, so
-        the caller joins the two (Continue, "Start reply with…").
-
-        ``gen``: any :class:`GenerationSettings` field (do_sample, temperature, top_p, top_k,
-        repetition_penalty, max_new_tokens, seed, max_window_size, presence_penalty,
-        frequency_penalty, min_p, logit_bias, min_tokens, ignore_eos, stop_token_ids, logprobs).
-        The returned stream's ``result`` says why it ended, with token counts and speed, once it
-        is exhausted. ``constraint``: see :meth:`stream_prompt`.
-        """
-        settings = self.settings(**gen)
-        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn, reply_prefix)
-        if constraint is None:
-            return self.stream_prompt(plan.ids, settings, cancel)
-        return self.stream_prompt(plan.ids, settings, cancel, constraint=constraint)
 
     def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list[TokenLogprob | None]:
         """Each prompt token's log-probability given the ones before it (None for the first), with the

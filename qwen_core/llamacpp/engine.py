@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..backend import PromptSide
-from ..errors import InputTooLong
+from ..backend import LocalPromptSide
 from ..generation import ReplyResult, ReplyStream
 from ..info import EngineInfo
 from ..prompt import PromptBuilder
@@ -208,7 +207,7 @@ class LlamaReplyStream(ReplyStream):
         )
 
 
-class LlamaCppEngine(PromptSide):
+class LlamaCppEngine(LocalPromptSide):
     """A backend whose model runs in llama.cpp (GGUF weights, Q8_0 / Q4_K_M on CPU).
 
     Build it with :func:`~qwen_core.llamacpp.load_llamacpp_engine`. ``info.decode`` names the
@@ -245,33 +244,10 @@ class LlamaCppEngine(PromptSide):
         """Stream a reply to ready prompt ids (see :meth:`qwen_core.engine.Engine.stream_prompt`)."""
         if self.llama is None:
             raise RuntimeError("the model was unloaded")
-        limit = self.info.context_length
-        if len(prompt_ids) >= limit:
-            raise InputTooLong(
-                f"The prompt is {len(prompt_ids)} tokens but {self.info.model_id} handles at most {limit}. "
-                "Shorten the message, or lower max_window_size so fewer past turns are kept."
-            )
-        max_new = min(settings.max_new_tokens, limit - len(prompt_ids))
+        max_new = self.room_for(prompt_ids, settings)
         stream = LlamaReplyStream(self.worker, self.tokenizer, prompt_ids, settings, max_new, cancel, constraint)
         self.last_result = stream.result
         return stream
-
-    def stream_chat(
-        self,
-        query: str,
-        history: Sequence | None = None,
-        system: str | None = None,
-        *,
-        cancel: threading.Event | None = None,
-        system_in_first_turn: bool = False,
-        constraint: TokenConstraint | None = None,
-        reply_prefix: str = "",
-        **gen,
-    ) -> LlamaReplyStream:
-        """Stream the reply to ``query``; see :meth:`qwen_core.engine.Engine.stream_chat`."""
-        settings = self.settings(**gen)
-        plan = self.plan_prompt(query, history, system, settings.max_window_size, system_in_first_turn, reply_prefix)
-        return self.stream_prompt(plan.ids, settings, cancel, constraint)
 
     def next_token_logits(self, prompt_ids: list[int]) -> torch.Tensor:
         """float32 logits [model vocab] after ``prompt_ids`` (fidelity checks; runs between replies)."""
