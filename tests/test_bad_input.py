@@ -424,10 +424,19 @@ def test_a_broken_checkpoint_stops_the_start_with_its_reason(long_ckpt_dir, tmp_
     from server_process import ROOT
 
     sys.path.insert(0, str(ROOT))
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server_process import free_port
+
     import app as app_module
 
     breaks(long_ckpt_dir, tmp_path / "ckpt")
-    code = app_module.main(["--model", str(tmp_path / "ckpt"), "--device", "cpu", "--data-dir", str(tmp_path / "d")])
+    argv = ["--model", str(tmp_path / "ckpt"), "--device", "cpu", "--data-dir", str(tmp_path / "d")]
+    argv += ["--host", "127.0.0.1", "--port", str(free_port())]
+    # main() runs uvicorn's own event loop: on a thread of its own, as in a process of its own (a
+    # browser test's Playwright may keep a loop running on this one).
+    with ThreadPoolExecutor(1) as pool:
+        code = pool.submit(app_module.main, argv).result(timeout=300)
     err = capsys.readouterr().err
     assert code == 2 and "Cannot start:" in err and "Traceback" not in err
     assert re.search(says, err, re.S), err

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -433,8 +434,15 @@ def test_image_layout_starts_and_passes_its_healthcheck(name, ckpt_dir, tmp_path
                 break
             assert time.time() < deadline, "the image's HEALTHCHECK never passed"
             time.sleep(1)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
-            assert r.status == 200
+        # /healthz is liveness (200 while the model still loads); ready is /readyz 200.
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+                    assert r.status == 200
+                    break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503 and time.time() < deadline, f"/readyz answered {exc.code}"
+                time.sleep(1)
     finally:
         proc.terminate()
         try:

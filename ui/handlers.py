@@ -20,7 +20,7 @@ from .conversations import ConversationError, export_json, parse_import, to_chat
 from .owner import Access, Owner, owner_of
 from .persona_handlers import PersonaHandlers
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
-from .refusal import Refusal
+from .refusal import Refusal, notify_info, notify_warning
 from .server_text import chat_title, current_lang, decode_mode, prefix_cache_line, reason
 from .server_text import text as tr
 from .service import ChatInputError, ChatService
@@ -270,10 +270,10 @@ class Handlers(PersonaHandlers):
                     meter = self.meter(store, system, "", in_first_turn, window, examples)[0]
                 yield gr.skip(), to_chatbot(conv["messages"]), stats_text, *streaming, meter
         except USER_ERRORS as exc:
-            gr.Warning(str(exc), duration=10)
+            notify_warning(str(exc), duration=10)
             conv["messages"].append({"role": "event", "content": f"⚠️ {exc}"})
         except Exception as exc:  # noqa: BLE001 - any failure is shown, and the server keeps serving
-            gr.Warning(f"Generation failed: {exc}", duration=10)
+            notify_warning(f"Generation failed: {exc}", duration=10)
             conv["messages"].append({"role": "event", "content": f"⚠️ Generation failed: {exc}"})
         # The meter is recomputed (with the draft) by the event chained after this one.
         yield store, to_chatbot(conv["messages"]), stats_text, *self.streaming_buttons(False), gr.skip()
@@ -464,9 +464,9 @@ class Handlers(PersonaHandlers):
             raise Refusal(f"{name} is not a configured model.")
         try:
             message = self.service.manager.switch(spec, progress=lambda f, m: progress(f, desc=m))
-            gr.Info(message)
+            notify_info(message)
         except QwenCoreError as exc:
-            gr.Warning(str(exc), duration=15)
+            notify_warning(str(exc), duration=15)
         return self.model_status(request), self.model_choices(request), *self.default_settings()
 
     # --- conversations ---------------------------------------------------------------

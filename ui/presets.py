@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .refusal import Refusal
+from .refusal import Refusal, notify_info
 from .settings_form import SETTING_ORDER, SLIDER_RANGES
 from .storage import atomic_write_text
 
@@ -176,7 +176,7 @@ class PresetActions:
             )
         state["presets"][name] = clean(dict(zip(SETTING_ORDER, values, strict=True)), self._context())
         where = "for your login (every browser you sign in from)" if self._login_key(request) else "in this browser"
-        gr.Info(f"Preset “{name}” saved {where}.", duration=4)
+        notify_info(f"Preset “{name}” saved {where}.", duration=4)
         return self._keep(state, request), gr.update(choices=[DEFAULTS, *BUILTIN, *state["presets"]], value=name)
 
 

@@ -16,7 +16,7 @@ import gradio as gr
 
 from . import versions
 from .conversations import ensure_ids, message_id, to_chatbot
-from .refusal import Refusal
+from .refusal import Refusal, notify_info
 from .versions import CONTINUE_KEY
 
 
@@ -177,7 +177,7 @@ class ReplyActions:
         if not conv.get("messages"):
             return gr.update(visible=False)
         self._session(request).trash = copy.deepcopy(conv)
-        gr.Info(f"“{conv.get('title') or 'Chat'}” was removed. Press ↩ Restore chat to bring it back.", duration=8)
+        notify_info(f"“{conv.get('title') or 'Chat'}” was removed. Press ↩ Restore chat to bring it back.", duration=8)
         return gr.update(visible=True)
 
     def restore(self, store, request: gr.Request = None):

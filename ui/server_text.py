@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from http.cookies import CookieError, SimpleCookie
 
+from ui.messages_zh import JSON_ERROR_STARTS, JSON_ERRORS, MESSAGES, PLACES, TITLES
+
 LANG_COOKIE = "qwen-lang"
 LANGS = ("en", "zh")
 
@@ -139,3 +141,90 @@ def current_lang() -> str:
     from gradio.context import LocalContext  # the UI's own dependency; imported here to keep this module light
 
     return lang_of(LocalContext.request.get(None))
+
+
+# --- toasts and refusals (ui.refusal): English messages matched, Chinese ones filled (ui.messages_zh) ---
+_HOLE = re.compile(r"\{([a-z_]+)\}")
+_NUMBER = r"-?[\d,.]+"
+_TEXT = r"(?:(?!: ).)+"
+# What a variable part of a message may be, by its name (anything else: text without ": ", which
+# starts a message's place, so "notes.json: 'x' is given twice" is that message at that place).
+HOLES = {
+    "field": r"[^\s:]+",  # a field path: 'name', messages[3].content, tools[0].function
+    "exc": r".+",  # a message inside the message
+    "keys": r".+",  # a list of names
+    "name": r".+",  # a persona's, preset's or model's name (a tool's is "tool": it follows its place)
+    **dict.fromkeys(("n", "limit", "at", "line", "col", "size", "active", "waiting", "lo", "hi"), _NUMBER),
+}
+_MAX_LOCALIZED = 4000  # longer texts (a pasted file name, a huge error) are left as they are
+
+
+def _compile(pattern: str) -> re.Pattern:
+    parts = _HOLE.split(pattern)
+    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{HOLES.get(p, _TEXT)}?)" for i, p in enumerate(parts))
+    return re.compile(rx, re.DOTALL)
+
+
+_ZH = [(_compile(en), zh) for en, zh in MESSAGES]
+
+
+def _json_error(msg: str) -> str:
+    if msg in JSON_ERRORS:
+        return JSON_ERRORS[msg]
+    for start, zh in JSON_ERROR_STARTS.items():
+        if msg.startswith(start):
+            return zh + msg[len(start) :].removesuffix(" at")
+    return msg
+
+
+def _value(name: str, value: str) -> str:
+    if name == "exc":  # a message inside the message
+        return _message_zh(value) or value
+    if name == "msg":
+        return _json_error(value)
+    if name == "title":
+        return TITLES.get(value, value)
+    return value
+
+
+def _message_zh(text: str) -> str | None:
+    """The Chinese of one whole known message, or None."""
+    found = next(((m, zh) for rx, zh in _ZH if (m := rx.fullmatch(text))), None)
+    if found is None:
+        return None
+    m, template = found
+    values = {name: _value(name, value) for name, value in m.groupdict().items()}
+    return _HOLE.sub(lambda h: values[h[1]], template)
+
+
+def _place(where: str) -> str:
+    """A message's place ("import[2]", "persona editor", a file name): our own words translated."""
+    m = re.fullmatch(r"(.*?)((?:\[\d+\])*)", where, re.DOTALL)
+    return PLACES.get(m[1], m[1]) + m[2]
+
+
+def to_zh(text: str) -> str | None:
+    """The Chinese of a known message (``"<place>: <message>"`` included), or None when it is not known."""
+    if not isinstance(text, str) or len(text) > _MAX_LOCALIZED:
+        return None
+    found = _message_zh(text)
+    if found is not None:
+        return found
+    at = text.find(": ")
+    while at != -1:  # the message after one or more places: "notes.json: messages[3].content must be text"
+        found = _message_zh(text[at + 2 :])
+        if found is not None:
+            return "：".join(_place(p) for p in text[:at].split(": ")) + "：" + found
+        at = text.find(": ", at + 1)
+    return None
+
+
+def localize(text: str, lang: str | None = None) -> str:
+    """A toast's or refusal's text in ``lang`` (default: the language of the event being handled).
+
+    In 中文 a known message (:mod:`ui.messages_zh`) comes back in Chinese; in English, and for a
+    text that is not a known message (what a user or the model wrote), ``text`` comes back unchanged."""
+    if (lang or current_lang()) != "zh":
+        return text
+    found = to_zh(text)
+    return text if found is None else found

@@ -100,3 +100,18 @@ def test_language_control_is_remembered_and_everything_is_translated(page, base_
     page.get_by_role("radio", name="English", exact=True).click()
     expect(page.get_by_role("button", name="Send", exact=True)).to_be_visible(timeout=30_000)
     expect(page.get_by_role("tab", name="Generation", exact=True)).to_be_visible()
+
+
+def test_refusal_toasts_are_chinese(page, base_url, shot):
+    """The server's toasts follow the page's language too (issue 15, item 8): an empty Send is
+    refused in Chinese, with no English word in the toast's text."""
+    ChatUI.open(page, base_url)
+    ui = _choose_chinese(page)
+    ui.message.fill("")
+    ui.button("send").click()
+    toast = page.locator(".toast-body").last
+    expect(toast).to_contain_text("消息为空", timeout=15_000)
+    shown = toast.locator("[data-testid=toast-text]").inner_text()
+    assert shown == "消息为空：请先输入内容。", shown
+    assert not re.findall(r"[A-Za-z]+", shown), f"English in the 中文 toast: {shown!r}"
+    shot(page, "zh-toast")
