@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -64,36 +65,30 @@ class AppProcess:
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until ``/readyz`` answers 200."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.output()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"app did not become ready in {timeout} s")
+        self._wait("/readyz", timeout, "become ready", any_answer=False)
 
     def wait_listening(self, timeout: float = 60) -> None:
         """Until the port gives any HTTP answer (``/healthz``: 200 while loading, too)."""
-        import urllib.error
+        self._wait("/healthz", timeout, "listen", any_answer=True)
 
+    def _wait(self, path: str, timeout: float, what: str, any_answer: bool) -> None:
+        """Poll ``path`` until it answers 200 (or, with ``any_answer``, anything at all)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"app exited with {self.proc.returncode}: {self.output()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
-                    return
+                with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as r:
+                    if any_answer or r.status == 200:
+                        return
             except urllib.error.HTTPError:
-                return
+                if any_answer:
+                    return
+                time.sleep(0.5)
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.1 if any_answer else 0.5)
         self.stop()
-        raise RuntimeError(f"app did not listen in {timeout} s")
+        raise RuntimeError(f"app did not {what} in {timeout} s")
 
     def output(self) -> str:
         """Everything the app has printed so far."""
