@@ -31,6 +31,7 @@ from .middleware import (  # noqa: F401 - re-exported: tests and docs read the o
     is_open_path,
 )
 from .openai_api import openai_router
+from .page_head import PageHead
 
 
 def _gradio_app(app: FastAPI):
@@ -144,6 +145,9 @@ def create_app(
 
     uploads = UploadRegistry()
     confine_event_files(demo, uploads)
+    # The page's head scripts go into its HTML (server.page_head), not Gradio's late ``head=``.
+    launch_kwargs = dict(launch_kwargs)
+    page_head = launch_kwargs.pop("head", "")
     gr.mount_gradio_app(app, demo, path="", auth=_never if auth.enabled else None, show_error=True, **launch_kwargs)
     gradio_app = app.state.gradio_app = _gradio_app(app)
     # CORS is ours alone (server.middleware.Cors strips whatever an inner app sets, too).
@@ -152,6 +156,7 @@ def create_app(
     _use_our_identity(gradio_app)
 
     # add_middleware puts each new one outside the previous: this reads innermost first.
+    app.add_middleware(PageHead, html=page_head)
     app.add_middleware(UploadRecorder, registry=uploads)
     app.add_middleware(EdgeAuth, auth=auth, gradio_app=lambda: gradio_app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, page_max_bytes=PAGE_MAX_BYTES)

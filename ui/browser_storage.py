@@ -3,7 +3,7 @@
 Gradio's ``BrowserState`` writes its (encrypted) value with ``localStorage.setItem`` and, when
 that fails (``QuotaExceededError``: the origin's ~5 MB are full), only logs to the console: the
 newest chats were silently lost on the next reload. The script below, put in the page's
-``<head>`` before Gradio mounts, wraps ``setItem``/``getItem`` for the store's key only:
+``<head>`` before Gradio's module script (:mod:`server.page_head`), wraps ``setItem``/``getItem`` for the store's key only:
 
 * a write that fails goes to IndexedDB instead (its quota is far larger), the stale
   localStorage copy is removed, and a banner tells the user what happened and what to do;
@@ -118,9 +118,8 @@ _SCRIPT = """
 
   // Gradio mounts (and BrowserState reads the store) only once IndexedDB has answered, so its one
   // read already sees an IndexedDB copy. Capped at 5 s in case IndexedDB hangs; a read that still
-  // comes early is handled above (reload, never overwrite). This takes effect only where this script
-  // runs before Gradio's module script: Gradio 6.31 inserts ``head=`` after its own start-up, when
-  // gradio-app is defined already (the open defect the xfail storage tests show).
+  // comes early is handled above (reload, never overwrite). server.page_head puts this script into
+  // the page's HTML before Gradio's module script (Gradio's own head= would come too late).
   const define = customElements.define;
   const gate = Promise.race([ready, new Promise((ok) => setTimeout(ok, 5000))]);
   customElements.define = function (name, cls, options) {

@@ -21,7 +21,7 @@ from .owner import Access, Owner, owner_of
 from .persona_handlers import PersonaHandlers
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
 from .refusal import Refusal, notify_info, notify_warning
-from .server_text import chat_title, current_lang, decode_mode, prefix_cache_line, reason
+from .server_text import chat_title, current_lang, decode_mode, localize, prefix_cache_line, reason
 from .server_text import text as tr
 from .service import ChatInputError, ChatService
 from .sessions import SessionSweeper
@@ -271,10 +271,11 @@ class Handlers(PersonaHandlers):
                 yield gr.skip(), to_chatbot(conv["messages"]), stats_text, *streaming, meter
         except USER_ERRORS as exc:
             notify_warning(str(exc), duration=10)
-            conv["messages"].append({"role": "event", "content": f"⚠️ {exc}"})
+            # The note stays in the chat in the language it was shown in (an event row: never sent).
+            conv["messages"].append({"role": "event", "content": f"⚠️ {localize(str(exc))}"})
         except Exception as exc:  # noqa: BLE001 - any failure is shown, and the server keeps serving
             notify_warning(f"Generation failed: {exc}", duration=10)
-            conv["messages"].append({"role": "event", "content": f"⚠️ Generation failed: {exc}"})
+            conv["messages"].append({"role": "event", "content": "⚠️ " + localize(f"Generation failed: {exc}")})
         # The meter is recomputed (with the draft) by the event chained after this one.
         yield store, to_chatbot(conv["messages"]), stats_text, *self.streaming_buttons(False), gr.skip()
 
@@ -377,7 +378,7 @@ class Handlers(PersonaHandlers):
                 parse_examples(examples),
             )
         except USER_ERRORS as exc:
-            return f"<div data-dropped='[]'>⚠️ {html.escape(str(exc))}</div>", ""
+            return f"<div data-dropped='[]'>⚠️ {html.escape(localize(str(exc)))}</div>", ""
         lang = current_lang()
         # The bar is drawn against max_window_size: the window, not the context, decides what is dropped.
         pct = min(100, round(100 * r.total_tokens / max(1, r.window)))

@@ -18,6 +18,26 @@ ESC_STOPS_JS = """
 
 LANG_KEY = "qwen-lang"  # localStorage key and cookie name (the cookie tells handlers; ui.server_text)
 
+# Gradio 6.31 titles a toast with its type ("Error", "Warning", "Info", "Success") whatever title
+# the server gave: in 中文 the page rewrites those words as toasts appear (the text is localized
+# server-side, ui.refusal). Installed once per page (demo.load).
+TOAST_TITLES_JS = f"""
+() => {{
+  if (window.__qcToastTitles) return;
+  window.__qcToastTitles = true;
+  const stored = localStorage.getItem('{LANG_KEY}');
+  const lang = stored === 'zh' || stored === 'en' ? stored
+    : ((navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en');
+  if (lang !== 'zh') return;
+  const ZH = {{Error: '错误', Warning: '警告', Info: '提示', Success: '成功'}};
+  const retitle = () => document.querySelectorAll('.toast-title').forEach((title) => {{
+    const text = title.firstChild;
+    if (text && text.nodeType === Node.TEXT_NODE && ZH[text.nodeValue.trim()]) text.nodeValue = ZH[text.nodeValue.trim()] + ' ';
+  }});
+  new MutationObserver(retitle).observe(document.body, {{childList: true, subtree: true, characterData: true}});
+}}
+"""
+
 # In <head>: the cookie carries the language chosen with the page's control to the handlers'
 # own text (meter, status lines, chat titles); without a choice they follow Accept-Language.
 LANGUAGE_HEAD = f"""

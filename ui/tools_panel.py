@@ -15,6 +15,7 @@ import gradio as gr
 
 from .builtin_tools import BUILTIN_SCHEMAS
 from .i18n import EN
+from .server_text import localize
 from .tool_loop import MAX_STEPS, ToolSchemaError, ToolSet, parse_custom_tools
 
 BUILTIN_CHOICES = [("Calculator", "calculator"), ("Date & time", "current_time")]
@@ -107,7 +108,7 @@ def check_schemas(builtin: list | None, choice: str | None, custom: str | None):
     try:
         tools = tool_set(builtin, choice, custom)
     except ToolSchemaError as exc:
-        return f"⚠️ {html.escape(str(exc))}", gr.update()
+        return f"⚠️ {html.escape(localize(str(exc)))}", gr.update()
     options = [("auto: the model decides", AUTO), ("required: must call a tool", REQUIRED)]
     options += [(f"call {n}", n) for n in tools.names]
     value = choice if choice in (AUTO, REQUIRED, *tools.names) else AUTO

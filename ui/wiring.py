@@ -12,6 +12,7 @@ from .page_js import (
     LIVE_INPUT_JS,
     NARROW_SIDEBAR_JS,
     PANEL_TOGGLE_JS,
+    TOAST_TITLES_JS,
 )
 from .presets import SettingsStore, wire_presets
 from .reply_controls import wire_replies
@@ -88,6 +89,7 @@ def wire(page: Page, h: Handlers, settings_store: SettingsStore | None = None) -
         h.after_stop, None, [p.store, p.chatbot, p.stop, p.send], queue=False
     ).then(**meter_io)
     p.demo.load(None, js=ESC_STOPS_JS)
+    p.demo.load(None, js=TOAST_TITLES_JS)
     p.language.input(None, [p.language], None, js=LANGUAGE_SWITCH_JS)
 
     # The meter follows these from the changed store (it read the old one if fired alongside).

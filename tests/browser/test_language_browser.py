@@ -114,4 +114,8 @@ def test_refusal_toasts_are_chinese(page, base_url, shot):
     shown = toast.locator("[data-testid=toast-text]").inner_text()
     assert shown == "消息为空：请先输入内容。", shown
     assert not re.findall(r"[A-Za-z]+", shown), f"English in the 中文 toast: {shown!r}"
+    # Its heading too (Gradio 6.31 titles a toast with its type, in English: ui.page_js.TOAST_TITLES_JS).
+    expect(toast.locator(".toast-title")).to_have_text(re.compile(r"^\s*错误\s*$"))
+    whole = toast.inner_text()
+    assert not re.findall(r"[A-Za-z]+", whole), f"English in the 中文 toast: {whole!r}"
     shot(page, "zh-toast")
