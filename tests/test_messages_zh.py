@@ -194,3 +194,28 @@ def test_without_a_chinese_event_everything_stays_english():
 
     err = Refusal("The message is empty: type something first.")
     assert (err.message, err.title) == ("The message is empty: type something first.", "Error")
+
+
+def test_the_tools_tab_and_tool_steps_follow_the_events_language(zh_event):
+    """The Tools tab's text (set on load) and a tool step in the chat are in 中文 for a 中文 page."""
+    import json as _json
+    import re
+
+    from ui.conversations import to_chatbot
+    from ui.tools_panel import check_schemas, restore
+
+    intro, builtin, _, status, choice = restore(None)
+    assert "工具" in intro and not re.search(r"[A-Za-z]{3,}", intro.replace("Qwen", ""))
+    assert [label for label, _ in builtin["choices"]] == ["计算器", "日期和时间"]
+    assert choice["choices"][0][0] == "自动：由模型决定" and "小模型" in choice["info"]
+    assert status.startswith("示例：")
+    schema = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    status, choice = check_schemas(["calculator"], "auto", _json.dumps([schema]))
+    assert status == "✅ 已启用：`calculator`, `get_weather`（你的工具：由你提供结果）"
+    assert ("调用 get_weather", "get_weather") in choice["choices"]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    items = to_chatbot(
+        [{"role": "user", "content": "天气？"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    )
+    assert items[1]["metadata"] == {"title": "🛠️ 调用了 get_weather", "status": "pending"}
+    assert "正在等待 `get_weather` 的结果" in items[1]["content"]

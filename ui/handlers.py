@@ -17,6 +17,7 @@ import gradio as gr
 from qwen_core.errors import QwenCoreError
 
 from .conversations import ConversationError, export_json, parse_import, to_chatbot, to_markdown
+from .i18n import EN, ZH
 from .owner import Access, Owner, owner_of
 from .persona_handlers import PersonaHandlers
 from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
@@ -184,8 +185,8 @@ class Handlers(PersonaHandlers):
             self.persona_errors(personas),
             self.model_status(request),
             self.model_choices(request),
-            self.shared_button(request),  # save to the shared library
-            self.shared_button(request),  # load model
+            self.shared_button(request, "save_shared"),  # save to the shared library
+            self.shared_button(request, "load_model"),
         )
 
     def persist(self, store, request: gr.Request) -> None:
@@ -450,9 +451,14 @@ class Handlers(PersonaHandlers):
         admin = self.owner(request).is_admin
         return gr.update(choices=names, value=current.name if current else None, interactive=admin)
 
-    def shared_button(self, request: gr.Request | None = None):
-        """The shared-library and model-switch controls: enabled for admins only."""
-        return gr.update(interactive=self.owner(request).is_admin)
+    def shared_button(self, request: gr.Request | None = None, label: str | None = None):
+        """The shared-library and model-switch controls: enabled for admins only. With ``label`` (an
+        :mod:`ui.i18n` key) its text in the page's language too: Gradio 6.31 may draw a button of a
+        tab that mounts later in the language the page started in."""
+        if label is None:
+            return gr.update(interactive=self.owner(request).is_admin)
+        text = (ZH if current_lang() == "zh" else EN)[label]
+        return gr.update(interactive=self.owner(request).is_admin, value=text)
 
     def switch_model(self, name: str, request: gr.Request = None, progress=gr.Progress()):
         """Unload and load another configured variant, with progress; the old one returns on failure.

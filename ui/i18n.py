@@ -140,5 +140,5 @@ ZH = {
     "tools": "工具",
     "builtin_tools": "内置工具",
     "tool_choice": "工具选择",
-    "custom_tools": "你的工具：OpenAI 函数定义 (JSON 列表)",
+    "custom_tools": "你的工具：函数定义（JSON 列表）",
 }

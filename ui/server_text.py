@@ -44,6 +44,30 @@ TEXT = {
         "imported": "✅ Imported {names}.",
         "and_more": " and {n} more",
         "info_tokens": "{n} tokens",
+        # the Tools tab (ui.tools_panel) and tool steps in the chat (ui.tool_view)
+        "tools_intro": (
+            "Tools the model may call in its next replies (Qwen's ReAct format, at most {steps} calls a reply). "
+            "Built-in tools run here, safely (no shell, files or network). **Your own tools are never run or "
+            "made up:** the chat shows the call and waits, and your next message is its result."
+        ),
+        "tool_calculator": "Calculator",
+        "tool_current_time": "Date & time",
+        "tool_auto": "auto: the model decides",
+        "tool_required": "required: must call a tool",
+        "tool_call": "call {name}",
+        "tool_choice_info": "For the first step after each message of yours; small models rarely call tools unless told to.",
+        "tools_example": "Example:",
+        "tools_none": "No tool is enabled: replies are plain chat.",
+        "tools_enabled": "✅ Enabled: {names}",
+        "tools_yours": " (yours: you give its results)",
+        "tool_result": "📋 Result of {name}",
+        "tool_used": "🛠️ Used {name}",
+        "tool_the": "the tool",
+        "tool_action": "**Action:** `{name}`  \n**Action Input:**",
+        "tool_waiting": (
+            "⏳ Waiting for the result of `{name}`: send what it returned as your next message, and the "
+            "model continues from it. (Regenerate or Undo to skip the call.)"
+        ),
     },
     "zh": {
         "new_chat": "新对话",
@@ -71,6 +95,26 @@ TEXT = {
         "imported": "✅ 已导入 {names}。",
         "and_more": " 等另外 {n} 个",
         "info_tokens": "{n} 个 token",
+        "tools_intro": (
+            "模型在接下来的回复中可以调用的工具（通义千问的工具调用格式，每条回复最多调用 {steps} 次）。"
+            "内置工具在本机安全运行（不能使用命令行、文件或网络）。**你自己的工具绝不会被运行或编造结果：**"
+            "对话中会显示这次调用并等待，你的下一条消息就是它的结果。"
+        ),
+        "tool_calculator": "计算器",
+        "tool_current_time": "日期和时间",
+        "tool_auto": "自动：由模型决定",
+        "tool_required": "必须：一定要调用工具",
+        "tool_call": "调用 {name}",
+        "tool_choice_info": "作用于你每条消息之后的第一步；小模型若不被要求，很少调用工具。",
+        "tools_example": "示例：",
+        "tools_none": "未启用任何工具：回复为普通对话。",
+        "tools_enabled": "✅ 已启用：{names}",
+        "tools_yours": "（你的工具：由你提供结果）",
+        "tool_result": "📋 {name} 的结果",
+        "tool_used": "🛠️ 调用了 {name}",
+        "tool_the": "工具",
+        "tool_action": "**调用：** `{name}`  \n**输入：**",
+        "tool_waiting": "⏳ 正在等待 `{name}` 的结果：把它返回的内容作为你的下一条消息发送，模型会接着回复。（重新生成或撤销可跳过这次调用。）",
     },
 }
 

@@ -16,6 +16,8 @@ import uuid
 from qwen_core.text import lone_surrogate
 
 from .render import display_markdown, safe_markdown
+from .server_text import current_lang
+from .server_text import text as tr
 
 
 def _fenced(text: str, lang: str = "") -> str:
@@ -50,26 +52,24 @@ def _answered(messages: list[dict], at: int, call_id: str) -> bool:
 def tool_item(messages: list[dict], at: int) -> dict:
     """The Chatbot item of tool-step message ``messages[at]``."""
     msg = messages[at]
+    lang = current_lang()  # the event's page language: this is rendering, never stored
     if msg.get("role") == "tool":
-        name = safe_markdown(str(msg.get("name") or "the tool"))
+        name = safe_markdown(str(msg.get("name") or tr(lang, "tool_the")))
         return {
             "role": "assistant",
             "content": _fenced(str(msg.get("content") or "")),
-            "metadata": {"title": f"📋 Result of {name}", "status": "done"},
+            "metadata": {"title": tr(lang, "tool_result", name=name), "status": "done"},
         }
     call_id, name, arguments = _call(msg)
     parts = [display_markdown(msg["content"])] if msg.get("content") else []
-    parts.append(f"**Action:** `{name}`  \n**Action Input:**\n{_fenced(arguments, 'json')}")
+    parts.append(f"{tr(lang, 'tool_action', name=name)}\n{_fenced(arguments, 'json')}")
     done = _answered(messages, at, call_id)
     if not done:
-        parts.append(
-            f"⏳ Waiting for the result of `{name}`: send what it returned as your next message, and the "
-            "model continues from it. (Regenerate or Undo to skip the call.)"
-        )
+        parts.append(tr(lang, "tool_waiting", name=name))
     return {
         "role": "assistant",
         "content": "\n\n".join(parts),
-        "metadata": {"title": f"🛠️ Used {safe_markdown(name)}", "status": "done" if done else "pending"},
+        "metadata": {"title": tr(lang, "tool_used", name=safe_markdown(name)), "status": "done" if done else "pending"},
     }
 
 

@@ -15,10 +15,11 @@ import gradio as gr
 
 from .builtin_tools import BUILTIN_SCHEMAS
 from .i18n import EN
-from .server_text import localize
+from .server_text import current_lang, localize
+from .server_text import text as tr
 from .tool_loop import MAX_STEPS, ToolSchemaError, ToolSet, parse_custom_tools
 
-BUILTIN_CHOICES = [("Calculator", "calculator"), ("Date & time", "current_time")]
+BUILTIN_CHOICES = [("Calculator", "calculator"), ("Date & time", "current_time")]  # English; load localizes
 AUTO = "auto"
 REQUIRED = "required"
 STORAGE_KEY = "qwen-chat-tools-v1"
@@ -41,6 +42,7 @@ EXAMPLE = json.dumps(
 class ToolsPanel:
     """The Tools tab's components."""
 
+    intro: gr.Markdown
     builtin: gr.CheckboxGroup
     choice: gr.Dropdown
     custom: gr.Code
@@ -67,17 +69,14 @@ def build(i18n: gr.I18n, saved: gr.BrowserState) -> ToolsPanel:
     def _t(key: str):
         return i18n(key) if key in EN else key
 
-    gr.Markdown(
-        f"Tools the model may call in its next replies (Qwen's ReAct format, at most {MAX_STEPS} calls a reply). "
-        "Built-in tools run here, safely (no shell, files or network). **Your own tools are never run or made "
-        "up:** the chat shows the call and waits, and your next message is its result."
-    )
+    # Text is English here and set in the page's language on load (restore): its labels use i18n.
+    intro = gr.Markdown(tr("en", "tools_intro", steps=MAX_STEPS), elem_id="tools-intro")
     builtin = gr.CheckboxGroup(BUILTIN_CHOICES, value=[], label=_t("builtin_tools"), elem_id="tools-builtin")
     choice = gr.Dropdown(
-        [("auto: the model decides", AUTO), ("required: must call a tool", REQUIRED)],
+        _choice_options("en", ()),
         value=AUTO,
         label=_t("tool_choice"),
-        info="For the first step after each message of yours; small models rarely call tools unless told to.",
+        info=tr("en", "tool_choice_info"),
         elem_id="tools-choice",
         interactive=True,
     )
@@ -89,8 +88,19 @@ def build(i18n: gr.I18n, saved: gr.BrowserState) -> ToolsPanel:
         elem_id="tools-custom",
         interactive=True,
     )
-    status = gr.Markdown(f"Example:\n```json\n{EXAMPLE}\n```", elem_id="tools-status")
-    return ToolsPanel(builtin, choice, custom, status, saved)
+    status = gr.Markdown(_example("en"), elem_id="tools-status")
+    return ToolsPanel(intro, builtin, choice, custom, status, saved)
+
+
+def _choice_options(lang: str, names) -> list[tuple[str, str]]:
+    """The tool-choice menu: auto, required, and one entry per enabled tool."""
+    options = [(tr(lang, "tool_auto"), AUTO), (tr(lang, "tool_required"), REQUIRED)]
+    return options + [(tr(lang, "tool_call", name=n), n) for n in names]
+
+
+def _example(lang: str) -> str:
+    """The status line while nothing is pasted: an example schema."""
+    return f"{tr(lang, 'tools_example')}\n```json\n{EXAMPLE}\n```"
 
 
 def tool_set(builtin: list | None, choice: str | None, custom: str | None) -> ToolSet:
@@ -109,14 +119,15 @@ def check_schemas(builtin: list | None, choice: str | None, custom: str | None):
         tools = tool_set(builtin, choice, custom)
     except ToolSchemaError as exc:
         return f"⚠️ {html.escape(localize(str(exc)))}", gr.update()
-    options = [("auto: the model decides", AUTO), ("required: must call a tool", REQUIRED)]
-    options += [(f"call {n}", n) for n in tools.names]
+    lang = current_lang()
+    options = _choice_options(lang, tools.names)
     value = choice if choice in (AUTO, REQUIRED, *tools.names) else AUTO
     if not tools.active:
-        return "No tool is enabled: replies are plain chat.", gr.update(choices=options, value=value)
+        return tr(lang, "tools_none"), gr.update(choices=options, value=value)
     mine = {t["function"]["name"] for t in tools.custom}
-    names = ", ".join(f"`{n}`" + (" (yours: you give its results)" if n in mine else "") for n in tools.names)
-    return f"✅ Enabled: {names}", gr.update(choices=options, value=value)
+    yours = tr(lang, "tools_yours")
+    names = ", ".join(f"`{n}`" + (yours if n in mine else "") for n in tools.names)
+    return tr(lang, "tools_enabled", names=names), gr.update(choices=options, value=value)
 
 
 def save(builtin: list | None, choice: str | None, custom: str | None) -> dict:
@@ -125,14 +136,22 @@ def save(builtin: list | None, choice: str | None, custom: str | None) -> dict:
 
 
 def restore(saved) -> tuple:
-    """The panel as this browser left it (nothing saved, or a damaged value: the defaults stay)."""
+    """The panel as this browser left it, in the page's language (nothing saved, or a damaged value:
+    the defaults stay)."""
+    lang = current_lang()
+    intro = tr(lang, "tools_intro", steps=MAX_STEPS)
+    builtin_choices = [(tr(lang, f"tool_{n}"), n) for _, n in BUILTIN_CHOICES]
     if not isinstance(saved, dict):
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        builtin = gr.update(choices=builtin_choices)
+        choice = gr.update(choices=_choice_options(lang, ()), info=tr(lang, "tool_choice_info"))
+        return intro, builtin, gr.skip(), _example(lang), choice
     builtin = [n for n in saved.get("builtin") or [] if n in BUILTIN_SCHEMAS]
     custom = saved.get("custom") if isinstance(saved.get("custom"), str) else ""
     choice = saved.get("choice") if isinstance(saved.get("choice"), str) else AUTO
     status, choice_update = check_schemas(builtin, choice, custom)
-    return builtin, custom, status, choice_update
+    if isinstance(choice_update, dict):
+        choice_update["info"] = tr(lang, "tool_choice_info")
+    return intro, gr.update(choices=builtin_choices, value=builtin), custom, status, choice_update
 
 
 def wire(panel: ToolsPanel, demo: gr.Blocks) -> None:
@@ -145,4 +164,5 @@ def wire(panel: ToolsPanel, demo: gr.Blocks) -> None:
         trigger(check_schemas, panel.inputs, [panel.status, panel.choice], **quiet)
     for trigger in (panel.builtin.input, panel.choice.input, panel.custom.input):
         trigger(save, panel.inputs, [panel.saved], **quiet)
-    demo.load(restore, [panel.saved], [panel.builtin, panel.custom, panel.status, panel.choice], queue=False)
+    outputs = [panel.intro, panel.builtin, panel.custom, panel.status, panel.choice]
+    demo.load(restore, [panel.saved], outputs, queue=False)

@@ -22,8 +22,8 @@ ALLOWED = {
     "top", "p", "k", "max", "window", "size", "json", "markdown", "token", "tokens", "gradio", "api", "gb",
     "mb", "ms", "b", "id", "chatml", "nan", "off",
 }  # fmt: skip
-# What the page shows that the user or the model wrote: message bodies and code views.
-CONTENT = "#chat [data-testid=user], #chat [data-testid=bot], .cm-content, .cm-gutters, textarea, input"
+# What the page shows that the user or the model wrote: message bodies and code (views, examples).
+CONTENT = "#chat [data-testid=user], #chat [data-testid=bot], .cm-content, .cm-gutters, textarea, input, pre"
 
 _VISIBLE_TEXT_JS = """
 (skip) => {
@@ -81,7 +81,7 @@ def test_language_control_is_remembered_and_everything_is_translated(page, base_
     ui.message.fill("草稿" * 80)
 
     problems = []
-    for tab in ("角色", "生成参数", "模型"):
+    for tab in ("角色", "生成参数", "工具", "模型"):
         page.get_by_role("tab", name=tab, exact=True).click()
         page.wait_for_timeout(300)
         problems += [f"[{tab}] {p}" for p in english_words(page)]
