@@ -17,6 +17,7 @@ from ..settings import GenerationSettings
 from ..tokenizer import QwenTokenizer
 from .pool import EndpointPool
 from .protocol import DIALECT_EXTRA, QWEN_PADDED_VOCAB, Endpoint, _Request, chat_messages
+from .scoring import score_remote
 from .stream import RemoteReplyStream
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class RemoteEngine(PromptSide):
     """
 
     supports_constraints = False  # JSON output is sent as response_format for the server to enforce
-    supports_prompt_logprobs = False
+    supports_prompt_logprobs = True  # from servers that take vLLM's extra fields (qwen_core.remote.scoring)
 
     def __init__(
         self,
@@ -174,6 +175,20 @@ class RemoteEngine(PromptSide):
         """The whole reply, stripped, from one non-streaming request."""
         with self.stream_chat(query, history, system, stream=False, **gen) as reply:
             return reply.text().strip()
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list:
+        """Each prompt token's log-probability given the ones before (None for the first), from the
+        servers (see :func:`~qwen_core.remote.scoring.score_remote`); the values are the server's."""
+        ids = list(prompt_ids)
+        if not ids:
+            raise ValueError("prompt_logprobs needs at least one token")
+        if len(ids) > self.info.context_length:
+            raise InputTooLong(
+                f"The prompt is {len(ids)} tokens but {self.info.model_id} handles at most {self.info.context_length}."
+            )
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise ValueError(f"top must be an integer between 0 and 20, got {top!r}")
+        return score_remote(self.pool, ids, top)
 
     def unload(self) -> None:
         """Close the connections; the engine is unusable afterwards."""

@@ -51,6 +51,7 @@ class Job:
             raise ApiError(400, f"{param}: the message is empty; send some text.", param=param)
         # logprobs are relayed from the servers on the remote backend (qwen_core.remote.protocol)
         self.top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        self.as_ids = bool(req.return_tokens_as_token_ids)
         top = self.top_logprobs
         gen = gen_settings(req, req.max_completion_tokens or req.max_tokens, top)
         self.settings = choice_settings(engine, gen, req.n)
@@ -175,7 +176,7 @@ async def _collect(runner: Runner, job: Job, rid: str, model: str) -> dict:
             {
                 "index": c.index,
                 "message": message,
-                "logprobs": {"content": chat_logprobs(tok, lps[c.index])} if c.want_logprobs else None,
+                "logprobs": {"content": chat_logprobs(tok, lps[c.index], job.as_ids)} if c.want_logprobs else None,
                 "finish_reason": finish[c.index],
             }
         )
@@ -210,12 +211,12 @@ async def _sse(request: Request, runner: Runner, job: Job, rid: str, model: str)
             kind, i, payload = await runner.queue.get()
             if kind == "delta":
                 delta, entries = payload
-                lp = {"content": chat_logprobs(tok, entries)} if want and entries else None
+                lp = {"content": chat_logprobs(tok, entries, job.as_ids)} if want and entries else None
                 if await request.is_disconnected():
                     break
                 yield _chunk(rid, model, i, delta, logprobs=lp)
             elif kind == "logprobs":
-                yield _chunk(rid, model, i, {}, logprobs={"content": chat_logprobs(tok, payload)})
+                yield _chunk(rid, model, i, {}, logprobs={"content": chat_logprobs(tok, payload, job.as_ids)})
             elif kind == "end":
                 ended += 1
                 yield _chunk(rid, model, i, {}, finish=payload)

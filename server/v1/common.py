@@ -205,36 +205,38 @@ async def admitted(request: Request, scheduler: Scheduler, user: str, serve: Cal
     raise error
 
 
-def token_text(tokenizer, token_id: int) -> tuple[str, list[int]]:
-    """A token's text (its bytes decoded with errors="replace", as OpenAI and vLLM show partial UTF-8) and bytes."""
+def token_text(tokenizer, token_id: int, as_ids: bool = False) -> tuple[str, list[int]]:
+    """A token's text (its bytes decoded with errors="replace", as OpenAI and vLLM show partial UTF-8) and
+    bytes; with ``as_ids`` (vLLM's ``return_tokens_as_token_ids``) the text is ``token_id:N``."""
     raw = tokenizer.token_bytes(token_id)
-    return raw.decode("utf-8", errors="replace"), list(raw)
+    return f"token_id:{token_id}" if as_ids else raw.decode("utf-8", errors="replace"), list(raw)
 
 
-def chat_logprobs(tokenizer, entries: list) -> list[dict]:
-    """OpenAI's ``choices[].logprobs.content`` entries."""
+def chat_logprobs(tokenizer, entries: list, as_ids: bool = False) -> list[dict]:
+    """OpenAI's ``choices[].logprobs.content`` entries (``as_ids``: see :func:`token_text`)."""
     out = []
     for e in entries:
-        text, raw = token_text(tokenizer, e.token_id)
+        text, raw = token_text(tokenizer, e.token_id, as_ids)
         top = []
         for tid, lp in e.top:
-            t, b = token_text(tokenizer, tid)
+            t, b = token_text(tokenizer, tid, as_ids)
             top.append({"token": t, "logprob": _finite(lp), "bytes": b})
         out.append({"token": text, "logprob": _finite(e.logprob), "bytes": raw, "top_logprobs": top})
     return out
 
 
-def legacy_logprobs(tokenizer, items: list[tuple[int, object]], start_offset: int = 0) -> dict:
+def legacy_logprobs(tokenizer, items: list[tuple[int, object]], start_offset: int = 0, as_ids: bool = False) -> dict:
     """The legacy completions shape ``{tokens, token_logprobs, top_logprobs, text_offset}``.
 
     ``items``: (token id, TokenLogprob or None) pairs; None (the first prompt token) gives null
-    entries. The chosen token is included in its ``top_logprobs`` dict, as vLLM does.
+    entries. The chosen token is included in its ``top_logprobs`` dict, as vLLM does. ``as_ids``:
+    tokens named ``token_id:N`` (:func:`token_text`); offsets still count the text.
     """
     tokens, lps, tops, offsets = [], [], [], []
     offset = start_offset
     for token_id, e in items:
         text, _ = token_text(tokenizer, token_id)
-        tokens.append(text)
+        tokens.append(token_text(tokenizer, token_id, True)[0] if as_ids else text)
         offsets.append(offset)
         offset += len(text)
         if e is None:
@@ -242,8 +244,8 @@ def legacy_logprobs(tokenizer, items: list[tuple[int, object]], start_offset: in
             tops.append(None)
             continue
         lps.append(_finite(e.logprob))
-        top = {token_text(tokenizer, tid)[0]: _finite(lp) for tid, lp in e.top}
-        top.setdefault(text, _finite(e.logprob))
+        top = {token_text(tokenizer, tid, as_ids)[0]: _finite(lp) for tid, lp in e.top}
+        top.setdefault(tokens[-1], _finite(e.logprob))
         tops.append(top)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 

@@ -14,7 +14,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from qwen_core.errors import InputTooLong, QwenCoreError
+from qwen_core.errors import BackendUnavailable, InputTooLong, QwenCoreError
 from qwen_core.scheduler import Scheduler
 
 from .common import (
@@ -47,6 +47,7 @@ class Job:
 
     def __init__(self, engine, req: CompletionRequest):
         self.engine, self.req = engine, req
+        self.as_ids = bool(req.return_tokens_as_token_ids)  # vLLM's "token_id:N" names in logprobs
         if req.suffix:
             raise ApiError(
                 400, "suffix: inserting text before a suffix is not supported by Qwen-1 chat models.", param="suffix"
@@ -136,9 +137,13 @@ def register(router: APIRouter, manager, scheduler: Scheduler, user_of, max_body
                 entries = await in_thread(job.engine.prompt_logprobs, ids, job.top)
             except NotImplementedError as exc:
                 raise ApiError(400, f"echo with logprobs: {exc}", param="echo") from None
+            except BackendUnavailable as exc:  # every remote endpoint down: 503 + Retry-After
+                raise generation_error(exc, "Scoring the prompt failed") from None
             except (ValueError, InputTooLong, QwenCoreError) as exc:
                 raise ApiError(400, str(exc), param="prompt") from None
-            out.append((text, legacy_logprobs(job.engine.tokenizer, list(zip(ids, entries, strict=True)))))
+            out.append(
+                (text, legacy_logprobs(job.engine.tokenizer, list(zip(ids, entries, strict=True)), as_ids=job.as_ids))
+            )
         return out
 
     def _start(job: Job, constraints: list) -> Runner:
@@ -201,7 +206,7 @@ async def _collect(runner: Runner, job: Job, echo: list, rid: str, model: str) -
         echo_text, echo_lp = echo[c.index // job.req.n]
         lp = None
         if c.want_logprobs:
-            gen = legacy_logprobs(tok, [(e.token_id, e) for e in entries[c.index]], len(echo_text))
+            gen = legacy_logprobs(tok, [(e.token_id, e) for e in entries[c.index]], len(echo_text), job.as_ids)
             lp = merge_legacy(echo_lp, gen)
         choices.append(
             {
@@ -246,7 +251,7 @@ async def _sse(request: Request, runner: Runner, job: Job, echo: list, rid: str,
                 piece, lps = (payload[0].get("content", ""), payload[1]) if kind == "delta" else ("", payload)
                 lp = None
                 if runner.choices[i].want_logprobs:
-                    lp = legacy_logprobs(tok, [(e.token_id, e) for e in lps], offsets[i])
+                    lp = legacy_logprobs(tok, [(e.token_id, e) for e in lps], offsets[i], job.as_ids)
                 offsets[i] += len(piece)
                 if await request.is_disconnected():
                     break

@@ -153,6 +153,8 @@ class Sampling(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     user: str | None = Field(default=None, max_length=256)
     response_format: ResponseFormat | None = None
+    # vLLM's: logprob entries name tokens "token_id:N" (exact for any id, partial UTF-8 included).
+    return_tokens_as_token_ids: bool | None = None
 
     @field_validator("stop", "user", mode="before")
     @classmethod

@@ -190,6 +190,20 @@ def test_v1_logprobs_are_relayed_from_vllm(app, vllm_server, remote):
     assert len(lp.tokens) == 4 and all(len(t) == 2 for t in lp.top_logprobs)
 
 
+def test_v1_prompt_scoring_is_relayed_from_vllm(app, vllm_server, remote):
+    """lm-eval's loglikelihood request (echo, logprobs, max_tokens 0) through the app: vLLM's own values."""
+    prompt = "Question: is the sea salty?\nAnswer: yes"
+    body = {"model": SERVED, "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
+    relayed = httpx.post(f"{app.url}/v1/completions", json=body, timeout=120)
+    assert relayed.status_code == 200, relayed.text
+    lp = relayed.json()["choices"][0]["logprobs"]
+    assert relayed.json()["choices"][0]["text"] == prompt and lp["token_logprobs"][0] is None
+    ids = remote.tokenizer.encode(prompt)
+    direct = httpx.post(vllm_server.url + "/v1/completions", json={**body, "prompt": ids}, timeout=120).json()
+    want = direct["choices"][0]["logprobs"]["token_logprobs"][: len(ids)]
+    assert lp["token_logprobs"][1:] == pytest.approx(want[1:], abs=1e-4)
+
+
 def test_v1_json_schema_is_enforced_by_vllm(app):
     c = openai.OpenAI(base_url=f"{app.url}/v1", api_key="x", max_retries=0, timeout=120)
     schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
