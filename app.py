@@ -74,6 +74,7 @@ class AppConfig:
     tokenizer_dir: str | None = None
     remote_timeout: float = 60.0
     session_ttl: float = 600.0  # seconds a closed page's server-side session data is kept
+    store_cache_mb: int = 512  # the chat stores sent to pages, kept for events that name them (ui.store_ref)
     hang_exit: float = 120.0  # exit when no Python code ran for this long (0: off); see server/watchdog.py
     compile: bool = False  # one reply at a time through a static KV cache + torch.compile
     compile_backend: str = "inductor"
@@ -119,6 +120,8 @@ class AppConfig:
             raise ValueError("--remote-timeout must be between 1 and 3600 seconds")
         if not 10 <= self.session_ttl <= 7 * 86400:
             raise ValueError("--session-ttl must be between 10 seconds and 7 days")
+        if not 0 <= self.store_cache_mb <= 65536:
+            raise ValueError("--store-cache-mb must be between 0 and 65536")
         if self.hang_exit != 0 and not 10 <= self.hang_exit <= 86400:
             raise ValueError("--hang-exit must be 0 (off) or between 10 and 86400 seconds")
         if self.admins and not self.auth:
@@ -242,6 +245,12 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         help="seconds a closed page's server-side session data is kept (Gradio's own: until 10,000 sessions)",
     )
     ap.add_argument(
+        "--store-cache-mb",
+        type=int,
+        default=int(_env("STORE_CACHE_MB", "512")),
+        help="MB of the chat stores last sent to pages, kept so events send a reference instead of every chat",
+    )
+    ap.add_argument(
         "--hang-exit",
         type=float,
         default=float(_env("HANG_EXIT", "120")),
@@ -295,6 +304,7 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         tokenizer_dir=a.tokenizer_dir,
         remote_timeout=a.remote_timeout,
         session_ttl=a.session_ttl,
+        store_cache_mb=a.store_cache_mb,
         hang_exit=a.hang_exit,
         compile=a.compile,
         compile_backend=a.compile_backend,
@@ -368,6 +378,7 @@ def build(config: AppConfig, report: Callable[[float, str], None] | None = None)
         concurrency=config.concurrency,
         limits=Limits(max_message_chars=config.max_message_chars, updates_per_second=config.updates_per_second),
         closed_session_ttl=config.session_ttl,
+        store_cache_mb=config.store_cache_mb,
         access=Access(bool(config.auth), bool(config.api_keys), frozenset(config.admins)),
         log_content=config.log_content,
     )

@@ -16,9 +16,11 @@ from .owner import Access
 from .page_js import LANGUAGE_HEAD
 from .personas import PersonaLibraries
 from .presets import SettingsStore
+from .server_text import localize
 from .service import ChatService, Limits
 from .sessions import SessionSweeper
 from .storage import stable_secret
+from .store_ref import RESYNC_MESSAGE, StoreMirror, store_ref_head
 from .user_store import UserStore
 from .wiring import wire
 
@@ -34,6 +36,7 @@ class UIConfig:
     concurrency: int = 4  # replies generated at once
     limits: Limits = field(default_factory=Limits)
     closed_session_ttl: float = 600.0  # seconds a closed page's Gradio session is kept
+    store_cache_mb: int = 512  # the stores sent to pages, for events that name them (ui.store_ref)
     title: str = "Qwen Chat"
     access: Access = field(default_factory=Access)  # --auth / --api-key / --admins (see ui.owner)
     log_content: bool = False  # --log-content: message text in the log (off by default)
@@ -50,7 +53,8 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
     users = UserStore(config.data_dir / "users") if config.server_history else None
     context = manager.engine.info.context_length if manager.engine else 8192
     names = tuple(spec.name for spec in manager.specs)
-    page = build_page(stable_secret(config.data_dir), context, config.title, names)
+    mirror = StoreMirror(config.store_cache_mb * 2**20)  # for events that name a store by rev (ui.store_ref)
+    page = build_page(stable_secret(config.data_dir), context, config.title, names, mirror)
     sweeper = SessionSweeper(page.demo, config.closed_session_ttl)
     handlers = Handlers(service, users, sweeper, libraries, config.access, config.log_content)
     with page.demo:
@@ -63,6 +67,7 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
     page.demo.queue(default_concurrency_limit=max(8, 2 * config.concurrency), max_size=max(64, 16 * config.concurrency))
     page.demo.service = service  # for tests and the HTTP API
     page.demo.sessions = handlers.sessions  # for tests
+    page.demo.store_mirror = mirror  # for tests
     # Uploads are chat and persona imports: nothing larger than an import may be stored.
     # run_history=False: Gradio's run history (/gradio_api/runs) would keep every event's inputs,
     # the chats in plaintext, in the browser's storage. The head script catches failed store writes.
@@ -71,5 +76,5 @@ def build_app(manager, config: UIConfig, scheduler=None) -> tuple[gr.Blocks, dic
         "css": CSS,
         "max_file_size": MAX_IMPORT_BYTES,
         "run_history": False,
-        "head": storage_head(config.server_history) + LANGUAGE_HEAD,
+        "head": storage_head(config.server_history) + store_ref_head(localize(RESYNC_MESSAGE, "zh")) + LANGUAGE_HEAD,
     }

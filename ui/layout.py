@@ -12,6 +12,7 @@ from .i18n import EN, ZH
 from .presets import PresetControls, build_presets, settings_state
 from .reply_controls import ReplyControls, build_reply_controls
 from .settings_form import SLIDER_RANGES, window_range
+from .store_ref import StoreMirror, chat_store
 from .tools_panel import ToolsPanel, tools_state
 from .tools_panel import build as build_tools_panel
 
@@ -159,13 +160,20 @@ class Page:
         ]
 
 
-def build_page(secret: str, context_length: int, title: str = "Qwen Chat", model_names: tuple[str, ...] = ()) -> Page:
-    """Create the components inside a new Blocks (``model_names``: the variants one may switch to)."""
+def build_page(
+    secret: str,
+    context_length: int,
+    title: str = "Qwen Chat",
+    model_names: tuple[str, ...] = (),
+    mirror: StoreMirror | None = None,
+) -> Page:
+    """Create the components inside a new Blocks (``model_names``: the variants one may switch to;
+    ``mirror``: where the stores sent to pages are kept for events that name them, :mod:`ui.store_ref`)."""
     # Gradio copies every file a handler returns (exports) or a user uploads into its cache;
     # without this the cache only grows (36 MB per 20 store changes when exports were written
     # on every change). Files older than an hour go, checked every 10 minutes.
     with gr.Blocks(title=title, fill_height=True, delete_cache=(600, 3600)) as demo:
-        store = gr.BrowserState(None, storage_key=STORE_KEY, secret=secret)
+        store = chat_store(mirror or StoreMirror(), storage_key=STORE_KEY, secret=secret)
         saved_settings = settings_state(secret)  # ui.presets
         saved_tools = tools_state(secret)  # ui.tools_panel
         with gr.Sidebar(label=i18n("conversations"), open=True):

@@ -47,6 +47,11 @@ MESSAGES: tuple[tuple[str, str], ...] = (
     ("That chat no longer exists.", "这个会话已不存在；请从列表中选择其他会话。"),
     ("A chat name cannot be empty.", "会话名称不能为空；请输入名称。"),
     ("Generation failed: {exc}", "生成失败：{exc}"),
+    (
+        "The server no longer had this page's copy of your chats (it restarted, or the page was idle "
+        "for long). Nothing is lost: do that again.",
+        "服务器上已没有本页面的会话副本（服务器重启过，或页面闲置太久）。没有任何内容丢失：请再操作一次。",
+    ),
     ("{name} is not a configured model.", "{name} 不是已配置的模型；请从列表中选择。"),
     ("There is nothing to restore.", "没有可以恢复的会话。"),
     ("“{title}” was removed. Press ↩ Restore chat to bring it back.", "“{title}”已移除。按“↩ 恢复会话”可以找回。"),
