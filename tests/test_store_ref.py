@@ -53,6 +53,23 @@ def test_a_recreated_component_still_resolves_and_stamps():
     assert other.preprocess({REF_KEY: sent["rev"]}) == {REF_KEY: sent["rev"]}
 
 
+def test_two_tabs_of_one_browser_keep_their_own_latest_revisions():
+    """Each page is a chain of revisions (a store made from the one before): a chain keeps its last two,
+    so one tab's many changes never push another tab's store out."""
+    mirror = StoreMirror(max_bytes=10**9)
+    tabs = {name: mirror.stamp(_store("t" * 20, name)) for name in ("a", "b")}
+    history = {"a": [tabs["a"]["rev"]], "b": [tabs["b"]["rev"]]}
+    for step in range(30):
+        name = "a" if step % 3 else "b"  # tab a changes twice as often
+        store = mirror.resolve(history[name][-1])
+        store["conversations"][0]["messages"][0]["content"] = f"{name}{step}"
+        history[name].append(mirror.stamp(store)["rev"])
+    for name, revs in history.items():
+        assert mirror.resolve(revs[-1]) is not None and mirror.resolve(revs[-2]) is not None, name
+        assert mirror.resolve(revs[-3]) is None, name  # older ones go
+    assert mirror.stats()["revs"] == 4
+
+
 def test_a_few_revisions_per_browser_and_the_byte_bound():
     mirror = StoreMirror(max_bytes=10**9, per_browser=2)
     revs = [mirror.stamp(_store("a" * 20, f"v{i}"))["rev"] for i in range(3)]

@@ -136,6 +136,8 @@ class ChatService:
         if active not in {c.get("id") for c in convs}:
             active = convs[0]["id"]
         out = {"version": 1, "active": active, "conversations": convs, BROWSER_ID_KEY: browser_id or new_browser_id()}
+        if isinstance(store.get("rev"), str):  # the revision it came as (ui.store_ref keeps its parent)
+            out["rev"] = store["rev"][:64]
         deleted = store.get("deleted")
         if isinstance(deleted, list):
             out["deleted"] = [d for d in deleted if isinstance(d, str)][-MAX_DELETED_CHATS:]

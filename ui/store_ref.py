@@ -33,7 +33,7 @@ from .owner import BROWSER_ID_KEY
 from .refusal import Refusal
 
 REF_KEY = "__qc_store_ref__"
-REVS_PER_BROWSER = 4  # events in flight may still name the previous few revisions
+REVS_PER_BROWSER = 16  # two per open page (see StoreMirror.stamp): up to 8 tabs of one browser
 MAX_BYTES = 512 * 2**20  # all browsers' copies together (estimated as text size); idle browsers go first
 RESYNC_MESSAGE = (
     "The server no longer had this page's copy of your chats (it restarted, or the page was idle "
@@ -59,20 +59,31 @@ class StoreMirror:
         self.per_browser = per_browser
         self._lock = threading.Lock()
         self._revs: dict[str, tuple[str, dict, int]] = {}  # rev -> (browser, store, size)
+        self._parents: dict[str, str | None] = {}  # rev -> the rev of the store it was made from
         self._browsers: OrderedDict[str, list[str]] = OrderedDict()  # least recently used first
         self._bytes = 0
         self.hits = self.misses = 0
 
     def stamp(self, store: dict) -> dict:
-        """Give ``store`` a new ``rev`` and keep it (the caller sends it to the page as it is now)."""
+        """Give ``store`` a new ``rev`` and keep it (the caller sends it to the page as it is now).
+
+        The store it was made from (its old ``rev``) is kept too, for events the page sent before this
+        one arrives; the one before that goes. So each open page (a chain of revisions) holds two,
+        and another tab of the same browser does not push this one's out."""
+        parent = store.get("rev")
         rev = secrets.token_urlsafe(18)
         store["rev"] = rev
         browser = str(store.get(BROWSER_ID_KEY) or "")
         size = _size(store)
         with self._lock:
             self._revs[rev] = (browser, store, size)
+            self._parents[rev] = parent if isinstance(parent, str) else None
             self._bytes += size
             revs = self._browsers.pop(browser, [])
+            grandparent = self._parents.get(parent) if isinstance(parent, str) else None
+            if grandparent in self._revs:
+                self._drop(grandparent)
+            revs = [r for r in revs if r in self._revs]
             revs.append(rev)
             while len(revs) > self.per_browser:
                 self._drop(revs.pop(0))
@@ -84,6 +95,7 @@ class StoreMirror:
         return store
 
     def _drop(self, rev: str) -> None:
+        self._parents.pop(rev, None)
         entry = self._revs.pop(rev, None)
         if entry is not None:
             self._bytes -= entry[2]
