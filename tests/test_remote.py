@@ -345,6 +345,32 @@ def test_ui_service_runs_on_the_remote_engine(main, ckpt_dir, engine, tmp_path):
         manager.engine.unload()
 
 
+def test_ui_tools_run_on_the_remote_engine_as_on_the_local_one(main, ckpt_dir, engine, manager, tmp_path):
+    """#13 item 6 on --backend openai: the Tools tab's loop (a forced built-in call, its result, the
+    answer) gives the same steps as on the local engine with the same weights."""
+    from ui import ASSETS
+    from ui.personas import PersonaStore
+    from ui.service import ChatService, empty_store
+    from ui.tool_loop import ToolSet
+
+    def steps(mgr) -> list[dict]:
+        service = ChatService(mgr, PersonaStore(ASSETS / "personas", tmp_path / "personas"))
+        store = service.add_user_message(empty_store(), "What is 6 times 7?")
+        tools = ToolSet(builtin=("calculator",), choice="calculator")
+        *_, (store, stats) = service.stream_reply(store, SYSTEM, GREEDY, "tools", tools=tools)
+        assert stats.finish_reason in ("stop", "length")
+        return [{k: m.get(k) for k in ("role", "content", "name")} for m in service.active(store)["messages"]]
+
+    remote = ModelManager(remote_loader([main.url], tokenizer_dir=str(ckpt_dir), timeout=30), [])
+    remote.start(ModelSpec("", label="remote"))
+    try:
+        got = steps(remote)
+    finally:
+        remote.engine.unload()
+    assert [m["role"] for m in got] == ["user", "assistant", "tool", "assistant"]
+    assert got == steps(manager)
+
+
 def test_round_robin_over_healthy_endpoints(main, victim, ckpt_dir):
     eng = load_remote_engine([main.url, victim.url], tokenizer_dir=ckpt_dir, timeout=30)
     try:
