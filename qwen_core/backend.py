@@ -147,6 +147,12 @@ class Backend(Protocol):
         """Each prompt token's log-probability (for scoring); only where ``supports_prompt_logprobs``."""
         ...
 
+    def tool_constraint(self, plan: Any) -> Any:
+        """For a tool plan whose call is forced (tool_choice required/named): a constraint that keeps
+        the call's name and JSON arguments valid, for ``stream_prompt(constraint=)``; None when nothing
+        is forced or this backend takes no constraints."""
+        ...
+
 
 class PromptSide:
     """The prompt half every backend shares (torch-free): needs ``tokenizer``, ``defaults``, ``info``.
@@ -219,6 +225,10 @@ class PromptSide:
         with self.stream_chat(query, history, system, **gen) as stream:
             return stream.text().strip()
 
+    def tool_constraint(self, plan: Any) -> Any:
+        """None: this backend takes no constraints (a remote server gets no grammar for tool calls)."""
+        return None
+
     def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list:
         """Not available on this backend (see ``supports_prompt_logprobs``)."""
         raise NotImplementedError(
@@ -235,6 +245,16 @@ class LocalPromptSide(PromptSide):
     """
 
     supports_constraints = True
+
+    def tool_constraint(self, plan: Any) -> Any:
+        """The forced call's name and arguments as a grammar (:func:`qwen_core.grammar.tool_constraint`),
+        or None when the plan forces nothing."""
+        if not getattr(plan, "forced_prefix", None):
+            return None
+        from .grammar import tool_constraint  # torch and llguidance: only when a call is forced
+
+        config = getattr(getattr(self, "model", None), "config", None)  # logits rows: 151,936 for Qwen-1
+        return tool_constraint(plan, self.tokenizer, int(getattr(config, "vocab_size", 0) or len(self.tokenizer)))
 
     def room_for(self, prompt_ids: list[int], settings: GenerationSettings) -> int:
         """How many new tokens the reply may take; raises :class:`InputTooLong` if the prompt fills the context."""

@@ -28,7 +28,12 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "Weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        # A short city: a forced call is held to this schema (qwen_core.grammar) and ends within a few tokens.
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+        },
     },
 }
 
@@ -206,7 +211,7 @@ def test_builtin_call_runs_and_the_model_continues(service, engine):
 def test_pasted_tool_waits_for_the_users_result(service, engine):
     store = service.add_user_message(empty_store(), "Weather in Paris?")
     tools = ToolSet(custom=(WEATHER,), choice="get_weather")
-    stats = _reply(service, store, tools)
+    stats = _reply(service, store, tools, max_new_tokens=40)
     msgs = service.active(store)["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant"] and stats.finish_reason == "tool_calls"
     assert msgs[1]["tool_calls"][0]["function"]["name"] == "get_weather"
@@ -300,3 +305,35 @@ def test_handler_streams_a_tool_reply(manager, tmp_path):
     outputs = list(h.respond(store, SYSTEM, False, "[]", 0, 0.8, 0, 1.1, 6, -1, 256, request, [], "auto", "[{"))
     last = h.service.active(outputs[-1][0])["messages"][-1]
     assert last["role"] == "event" and "Your tools (Tools tab): invalid JSON" in last["content"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_forced_call_of_a_pasted_tool_has_valid_arguments_even_when_sampled(service, seed):
+    """tool_choice named in the Tools tab: the call's arguments are held to the tool's schema by the
+    grammar /v1 uses (qwen_core.grammar), so even a random model's sampled call parses and validates."""
+    schema = {**WEATHER["function"]["parameters"], "additionalProperties": False}
+    tool = {"type": "function", "function": {**WEATHER["function"], "parameters": schema}}
+    store = service.add_user_message(empty_store(), "Weather in Paris?")
+    tools = ToolSet(custom=(tool,), choice="get_weather")
+    sampled = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": seed, "max_new_tokens": 48}
+    stats = _reply(service, store, tools, session=f"forced-{seed}", **sampled)
+    call = service.active(store)["messages"][1]
+    assert stats.finish_reason == "tool_calls", stats.finish_reason
+    fn = call["tool_calls"][0]["function"]
+    args = json.loads(fn["arguments"])
+    assert fn["name"] == "get_weather" and set(args) == {"city"} and isinstance(args["city"], str)
+
+
+def test_a_call_cut_off_by_max_new_tokens_is_neither_run_nor_waited_for(service):
+    store = service.add_user_message(empty_store(), "Weather in Paris?")
+    unbounded = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools = ToolSet(
+        custom=({"type": "function", "function": {**WEATHER["function"], "parameters": unbounded}},),
+        choice="get_weather",
+    )
+    sampled = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 1, "max_new_tokens": 48}
+    stats = _reply(service, store, tools, session="cut-call", **sampled)  # seed 1: a long city, cut off
+    msgs = service.active(store)["messages"]
+    assert stats.finish_reason == "length"
+    assert [m["role"] for m in msgs] == ["user", "assistant", "event"] and "tool_calls" not in msgs[1]
+    assert "Max new tokens" in msgs[2]["content"]

@@ -48,6 +48,11 @@ MESSAGES: tuple[tuple[str, str], ...] = (
     ("A chat name cannot be empty.", "会话名称不能为空；请输入名称。"),
     ("Generation failed: {exc}", "生成失败：{exc}"),
     (
+        "The reply reached Max new tokens in the middle of a tool call, so the call was not made: "
+        "raise Max new tokens and Regenerate.",
+        "回复在工具调用中途达到了最大生成长度，因此没有执行这次调用：请调高最大生成长度后重新生成。",
+    ),
+    (
         "The server no longer had this page's copy of your chats (it restarted, or the page was idle "
         "for long). Nothing is lost: do that again.",
         "服务器上已没有本页面的会话副本（服务器重启过，或页面闲置太久）。没有任何内容丢失：请再操作一次。",

@@ -34,8 +34,10 @@ from qwen_core.tools import engine_prompt_ids, plan_tool_messages
 
 from .builtin_tools import BUILTIN_SCHEMAS, run_builtin
 from .conversations import message
+from .server_text import localize
 
 MAX_STEPS = 5
+CUT_CALL = "The reply reached Max new tokens in the middle of a tool call, so the call was not made: raise Max new tokens and Regenerate."
 MAX_CUSTOM_TOOLS = 16
 MAX_SCHEMA_CHARS = 50_000
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
@@ -237,7 +239,9 @@ def run_tool_reply(
         if cancel.is_set():
             stats.finish_reason = "cancelled"
             return
-        stream = engine.stream_prompt(ids, settings, cancel)
+        # A forced call (tool choice named/required) is kept valid by a grammar where the engine takes one.
+        constraint = engine.tool_constraint(plan) if plan.forced_prefix else None
+        stream = engine.stream_prompt(ids, settings, cancel, **({"constraint": constraint} if constraint else {}))
         reply = message("assistant", "")
         messages.append(reply)
         parser, stops = ToolReplyParser(plan, reply_id=reply["id"]), StopMatcher(plan.stop)
@@ -267,6 +271,11 @@ def run_tool_reply(
         if cancels.by_user:
             reply["stopped"] = True
             stats.finish_reason = "cancelled"
+            return
+        if got.get("tool_calls") and res.finish_reason == "length":
+            # Cut off inside the call: its arguments are incomplete, so it is neither run nor waited for.
+            stats.finish_reason = "length"
+            messages.append(message("event", "⚠️ " + localize(CUT_CALL)))
             return
         if not got.get("tool_calls"):
             stats.finish_reason = res.finish_reason if res.finish_reason != "cancelled" else "stop"

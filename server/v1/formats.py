@@ -52,7 +52,5 @@ def _vocab_size(engine) -> int:
 
 def tool_constraints_for(engine, plan, n: int) -> list:
     """One constraint per choice for tool_choice required/named: the call's name and JSON arguments (or [])."""
-    from qwen_core.grammar import tool_constraint
-
-    made = [tool_constraint(plan, engine.tokenizer, _vocab_size(engine)) for _ in range(n)]
+    made = [engine.tool_constraint(plan) for _ in range(n)]
     return made if all(c is not None for c in made) else []
