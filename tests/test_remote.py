@@ -346,8 +346,9 @@ def test_ui_service_runs_on_the_remote_engine(main, ckpt_dir, engine, tmp_path):
 
 
 def test_ui_tools_run_on_the_remote_engine_as_on_the_local_one(main, ckpt_dir, engine, manager, tmp_path):
-    """#13 item 6 on --backend openai: the Tools tab's loop (a forced built-in call, its result, the
-    answer) gives the same steps as on the local engine with the same weights."""
+    """#13 item 6 on --backend openai: the Tools tab's loop (tools in Qwen's ReAct prompt, the reply read
+    back as steps) gives the same steps as on the local engine with the same weights. ``auto``: a forced
+    call is grammar-constrained on the local engine only, so the two would differ by design."""
     from ui import ASSETS
     from ui.personas import PersonaStore
     from ui.service import ChatService, empty_store
@@ -356,7 +357,7 @@ def test_ui_tools_run_on_the_remote_engine_as_on_the_local_one(main, ckpt_dir, e
     def steps(mgr) -> list[dict]:
         service = ChatService(mgr, PersonaStore(ASSETS / "personas", tmp_path / "personas"))
         store = service.add_user_message(empty_store(), "What is 6 times 7?")
-        tools = ToolSet(builtin=("calculator",), choice="calculator")
+        tools = ToolSet(builtin=("calculator", "current_time"), choice="auto")
         *_, (store, stats) = service.stream_reply(store, SYSTEM, GREEDY, "tools", tools=tools)
         assert stats.finish_reason in ("stop", "length")
         return [{k: m.get(k) for k in ("role", "content", "name")} for m in service.active(store)["messages"]]
@@ -367,7 +368,7 @@ def test_ui_tools_run_on_the_remote_engine_as_on_the_local_one(main, ckpt_dir, e
         got = steps(remote)
     finally:
         remote.engine.unload()
-    assert [m["role"] for m in got] == ["user", "assistant", "tool", "assistant"]
+    assert [m["role"] for m in got][:2] == ["user", "assistant"]
     assert got == steps(manager)
 
 
