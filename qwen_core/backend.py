@@ -229,6 +229,20 @@ class PromptSide:
         """None: this backend takes no constraints (a remote server gets no grammar for tool calls)."""
         return None
 
+    def scoring_prompt(self, prompt_ids, top: int) -> list[int]:
+        """``prompt_ids`` as a list, checked for :meth:`prompt_logprobs` (non-empty, fits the context,
+        ``top`` 0..20); raises ValueError or InputTooLong."""
+        ids = list(prompt_ids)
+        if not ids:
+            raise ValueError("prompt_logprobs needs at least one token")
+        if len(ids) > self.info.context_length:
+            raise InputTooLong(
+                f"The prompt is {len(ids)} tokens but {self.info.model_id} handles at most {self.info.context_length}."
+            )
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise ValueError(f"top must be an integer between 0 and 20, got {top!r}")
+        return ids
+
     def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list:
         """Not available on this backend (see ``supports_prompt_logprobs``)."""
         raise NotImplementedError(

@@ -9,7 +9,6 @@ import threading
 
 from .backend import LocalPromptSide
 from .backend import split_messages as split_messages  # moved to the torch-free contract module
-from .errors import InputTooLong
 from .generation import ReplyResult, ReplyStream, TokenConstraint, TokenLogprob
 from .info import EngineInfo as EngineInfo  # moved to the torch-free module; re-exported for old imports
 from .prompt import PromptBuilder
@@ -118,15 +117,7 @@ class Engine(LocalPromptSide):
             )
         from .scoring import score_prompt
 
-        ids = list(prompt_ids)
-        if not ids:
-            raise ValueError("prompt_logprobs needs at least one token")
-        if len(ids) > self.info.context_length:
-            raise InputTooLong(
-                f"The prompt is {len(ids)} tokens but {self.info.model_id} handles at most {self.info.context_length}."
-            )
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
-            raise ValueError(f"top must be an integer between 0 and 20, got {top!r}")
+        ids = self.scoring_prompt(prompt_ids, top)
         job = lambda: score_prompt(self.model, ids, top, len(self.tokenizer))  # noqa: E731
         worker = self.batcher
         if worker is None:  # each reply runs its own generate: forwards already run side by side

@@ -179,15 +179,7 @@ class RemoteEngine(PromptSide):
     def prompt_logprobs(self, prompt_ids: list[int], top: int = 0) -> list:
         """Each prompt token's log-probability given the ones before (None for the first), from the
         servers (see :func:`~qwen_core.remote.scoring.score_remote`); the values are the server's."""
-        ids = list(prompt_ids)
-        if not ids:
-            raise ValueError("prompt_logprobs needs at least one token")
-        if len(ids) > self.info.context_length:
-            raise InputTooLong(
-                f"The prompt is {len(ids)} tokens but {self.info.model_id} handles at most {self.info.context_length}."
-            )
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
-            raise ValueError(f"top must be an integer between 0 and 20, got {top!r}")
+        ids = self.scoring_prompt(prompt_ids, top)
         return score_remote(self.pool, ids, top)
 
     def unload(self) -> None:
