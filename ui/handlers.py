@@ -1,54 +1,39 @@
-"""Gradio event handlers: translate component values to :class:`ui.service.ChatService` calls."""
+"""Gradio event handlers: translate component values to :class:`ui.service.ChatService` calls.
+
+:class:`Handlers` holds who is asking, page load and the chat itself; the chat list, the context
+meter, the Model tab and the persona panel are mixins of their own modules."""
 
 from __future__ import annotations
 
-import hashlib
-import html
-import json
 import logging
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import gradio as gr
 
-from qwen_core.errors import QwenCoreError
-
-from .conversations import ConversationError, export_json, parse_import, to_chatbot, to_markdown
-from .i18n import EN, ZH
+from .chat_list_handlers import ChatListHandlers
+from .conversations import to_chatbot
+from .meter_handlers import USER_ERRORS, MeterHandlers, parse_examples
+from .model_handlers import ModelHandlers
 from .owner import Access, Owner, owner_of
 from .persona_handlers import PersonaHandlers
-from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaLibraries, PersonaStore
-from .refusal import Refusal, notify_info, notify_warning
-from .server_text import chat_title, current_lang, decode_mode, localize, prefix_cache_line, reason
-from .server_text import text as tr
+from .personas import DEFAULT_PERSONA_ID, PersonaLibraries, PersonaStore
+from .refusal import Refusal, notify_warning
+from .server_text import chat_title, current_lang, localize
 from .service import ChatInputError, ChatService
 from .sessions import SessionSweeper
 from .settings_form import SETTING_ORDER, clamp_settings, settings_dict
-from .storage import safe_name
 from .tools_panel import tool_set
 from .user_store import UserStore
 
 METER_EVERY_S = 1.0  # how often the meter is refreshed while a reply streams
-USER_ERRORS = (ChatInputError, QwenCoreError, PersonaError, ConversationError, ValueError)
 log = logging.getLogger("qwen_chat.ui")
+__all__ = ["Handlers", "parse_examples"]
 
 
-def parse_examples(text: str | None) -> list[tuple[str, str]]:
-    """The persona editor's example dialogue (JSON ``[[user, assistant], ...]``); bad JSON is ignored here
-    (saving the persona reports it)."""
-    try:
-        pairs = json.loads(text or "[]")
-    except json.JSONDecodeError:
-        return []
-    if not isinstance(pairs, list):
-        return []
-    return [(p[0], p[1]) for p in pairs if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)]
-
-
-class Handlers(PersonaHandlers):
+class Handlers(ChatListHandlers, MeterHandlers, ModelHandlers, PersonaHandlers):
     """Handlers bound to one service; every method is a plain function of component values."""
 
     def __init__(
@@ -106,59 +91,6 @@ class Handlers(PersonaHandlers):
         values = [temperature, d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens, -1, d.max_window_size]
         clamped = clamp_settings(dict(zip(SETTING_ORDER, values, strict=True)), engine.info.context_length)
         return [clamped[k] for k in SETTING_ORDER]
-
-    def persona_settings(self, persona: Persona | None) -> list:
-        """Model defaults with the persona's suggested settings on top."""
-        engine = self.service.manager.engine
-        values = dict(zip(SETTING_ORDER, self.default_settings(), strict=True))
-        if engine is None:
-            return list(values.values())
-        if persona:
-            values.update({k: v for k, v in persona.settings.items() if k in values})
-        # A persona written for a longer context (or another model) must not push a slider past its range.
-        values = clamp_settings(values, engine.info.context_length)
-        return [values[k] for k in SETTING_ORDER]
-
-    def persona_fields(self, persona: Persona | None) -> list:
-        """name, avatar, system prompt, greeting, example dialogue, first-turn flag."""
-        if persona is None:
-            return ["", "🤖", "You are a helpful assistant.", "", "[]", False]
-        dialogue = json.dumps([list(t) for t in persona.example_dialogue], ensure_ascii=False, indent=1)
-        return [
-            persona.name,
-            persona.avatar,
-            persona.system_prompt,
-            persona.greeting,
-            dialogue,
-            persona.system_in_first_turn,
-        ]
-
-    @staticmethod
-    def persona_choices(selected: str | None, personas: PersonaStore):
-        """Persona dropdown: yours marked ✎, the shared library's 👥, built-ins plain."""
-        choices = [
-            (f"{p.avatar} {p.name}" + ("" if p.builtin else " 👥" if p.shared else " ✎"), p.id) for p in personas.all()
-        ]
-        return gr.update(choices=choices, value=selected)
-
-    @staticmethod
-    def persona_errors(personas: PersonaStore) -> str:
-        """Persona files that could not be read, for the persona panel (file names, never server paths)."""
-        personas.all()
-        return "\n".join(f"⚠️ `{html.escape(e)}`" for e in personas.errors)
-
-    def _session_folder(self, request: gr.Request | None) -> Path:
-        session = getattr(request, "session_hash", None)
-        return self._tmp / (hashlib.sha256(session.encode()).hexdigest()[:24] if session else uuid.uuid4().hex)
-
-    def _write(self, name: str, text: str, request: gr.Request | None = None) -> str:
-        """A file for a download button, in a folder of this browser session's own: two sessions
-        exporting chats of the same title never write (and so never hand out) the same file."""
-        folder = self._session_folder(request)
-        folder.mkdir(exist_ok=True)
-        path = folder / name
-        path.write_text(text, encoding="utf-8")
-        return str(path)
 
     # --- page load ------------------------------------------------------------
     def load(self, store, request: gr.Request):
@@ -344,213 +276,3 @@ class Handlers(PersonaHandlers):
         """Empty the conversation on screen."""
         self._guard(request)
         return self._view(self.service.clear(self.service.ensure_store(store)))
-
-    # --- context meter ------------------------------------------------------------
-    def meter_view(
-        self, store, system, draft, in_first_turn, window, examples=None, request: gr.Request = None
-    ):  # fmt: skip
-        """:meth:`meter` plus :meth:`action_state`: the meter runs after every change to the chat."""
-        store = self.service.ensure_store(store)
-        self._remember_view(store, request)
-        args = (system, draft, in_first_turn, window, examples)
-        return (*self.meter(store, *args), *self.action_state(store))
-
-    def meter_draft(
-        self, system, draft, in_first_turn, window, examples=None, raw_open=False, request: gr.Request = None
-    ):
-        """:meth:`meter_view` while typing: the event carries the draft and the prompt fields only,
-        never the store; the rest is counted from the store this page showed last (server-side).
-        The raw prompt (the whole history) is sent back only while its panel is open."""
-        store = self._view_of(request)
-        if store is None:  # not known yet (the page is loading): the meter after load fills it in
-            return (gr.skip(),) * 5
-        meter, raw = self.meter(store, system, draft, in_first_turn, window, examples)
-        return (meter, raw if raw_open else gr.skip(), *self.action_state(store))
-
-    def meter(self, store, system, draft, in_first_turn, window, examples=None):
-        """Counts of the next prompt against the window and the context, and the raw prompt."""
-        try:
-            r = self.service.context(
-                self.service.ensure_store(store),
-                system,
-                draft or "",
-                int(window),
-                bool(in_first_turn),
-                parse_examples(examples),
-            )
-        except USER_ERRORS as exc:
-            return f"<div data-dropped='[]'>⚠️ {html.escape(localize(str(exc)))}</div>", ""
-        lang = current_lang()
-        # The bar is drawn against max_window_size: the window, not the context, decides what is dropped.
-        pct = min(100, round(100 * r.total_tokens / max(1, r.window)))
-        dropped = ""
-        if r.dropped_turns:
-            note = tr(lang, "dropped", n=len(r.dropped_turns), window=r.window)
-            dropped = f"<div class='dropped-note' role='status'>{note}</div>"
-        counts = tr(
-            lang, "meter", total=f"{r.total_tokens:,}", system=f"{r.system_tokens:,}", history=f"{r.history_tokens:,}",
-            kept=r.n_turns - len(r.dropped_turns), turns=r.n_turns, draft=f"{r.draft_tokens:,}",
-            window=f"{r.window:,}", context=f"{r.context_length:,}",
-        )  # fmt: skip
-        html_text = (
-            f"<div data-dropped='{json.dumps(r.dropped_messages)}' data-window='{r.window}'>{counts}"
-            f"<div class='bar' role='progressbar' aria-label='{tr(lang, 'meter_bar')}' aria-valuenow='{pct}' "
-            f"aria-valuemin='0' aria-valuemax='100'><div style='width:{pct}%'></div></div>{dropped}</div>"
-        )
-        return html_text, r.raw_prompt
-
-    # --- model panel ------------------------------------------------------------------
-    @staticmethod
-    def stats_markdown(stats) -> str:
-        """Live figures of the last reply."""
-        lang = current_lang()
-        parts = [tr(lang, "stats_tokens", n=stats.tokens)]
-        if stats.ttft_s is not None:
-            parts.append(tr(lang, "stats_ttft", ms=f"{stats.ttft_s * 1000:.0f}"))
-        if stats.tokens_per_s:
-            parts.append(tr(lang, "stats_speed", tps=f"{stats.tokens_per_s:.1f}"))
-        if stats.finish_reason:
-            parts.append(tr(lang, "stats_end", reason=reason(lang, stats.finish_reason)))
-        if stats.seed is not None:
-            parts.append(tr(lang, "stats_seed", seed=stats.seed))
-        return " · ".join(parts)
-
-    def model_status(self, request: gr.Request | None = None) -> str:
-        """The loaded variant, precision, device map and memory; who may switch models."""
-        s = self.service.manager.status()
-        lang = current_lang()
-        if not s.get("loaded"):
-            return tr(lang, "model_loading", model=s.get("model") or "model")
-        switch = ""
-        if len(self.service.manager.specs) > 1 and not self.owner(request).is_admin:
-            switch = f"  \n{tr(lang, 'switch_locked')} {self.access.admin_rule()}"
-        mem = s["memory"]
-        gpu = " · ".join(
-            tr(lang, "gpu_mem", dev=k, used=v["allocated_gb"], free=v["free_gb"])
-            for k, v in mem.items()
-            if k != "rss_gb"
-        )
-        devices = ", ".join(sorted(set(s["device_map"].values())))
-        line = tr(
-            lang, "model_line", model=s["model"], precision=s["precision"], dtype=s["dtype"], params=s["params_b"]
-        )
-        device = tr(
-            lang, "device_line", device=s["device"], devices=devices, attention=s["attention"],
-            decode=decode_mode(lang, s.get("decode", "eager")), context=f"{s['context_length']:,}",
-        )  # fmt: skip
-        return (
-            f"{line}  \n{device}  \n"
-            f"{tr(lang, 'memory_line', rss=mem['rss_gb'])}{' · ' + gpu if gpu else ''}"
-            f"{'  ' + chr(10) + prefix_cache_line(lang, s['prefix_cache']) if s.get('prefix_cache') else ''}{switch}"
-        )
-
-    def model_choices(self, request: gr.Request | None = None):
-        """Configured variants for the switcher (disabled for those who may not switch)."""
-        names = [spec.name for spec in self.service.manager.specs]
-        current = self.service.manager.current
-        admin = self.owner(request).is_admin
-        return gr.update(choices=names, value=current.name if current else None, interactive=admin)
-
-    def shared_button(self, request: gr.Request | None = None, label: str | None = None):
-        """The shared-library and model-switch controls: enabled for admins only. With ``label`` (an
-        :mod:`ui.i18n` key) its text in the page's language too: Gradio 6.31 may draw a button of a
-        tab that mounts later in the language the page started in."""
-        if label is None:
-            return gr.update(interactive=self.owner(request).is_admin)
-        text = (ZH if current_lang() == "zh" else EN)[label]
-        return gr.update(interactive=self.owner(request).is_admin, value=text)
-
-    def switch_model(self, name: str, request: gr.Request = None, progress=gr.Progress()):
-        """Unload and load another configured variant, with progress; the old one returns on failure.
-
-        It changes the model for every user, so only an admin may (see :meth:`ui.owner.Access.admin_rule`).
-        """
-        self._require_admin(request)
-        spec = next((s for s in self.service.manager.specs if s.name == name), None)
-        if spec is None:
-            raise Refusal(f"{name} is not a configured model.")
-        try:
-            message = self.service.manager.switch(spec, progress=lambda f, m: progress(f, desc=m))
-            notify_info(message)
-        except QwenCoreError as exc:
-            notify_warning(str(exc), duration=15)
-        return self.model_status(request), self.model_choices(request), *self.default_settings()
-
-    # --- conversations ---------------------------------------------------------------
-    def new_chat(self, store, persona_id, request: gr.Request = None):
-        """Start a new chat with the current persona."""
-        self._guard(request)
-        try:
-            store = self.service.ensure_store(store)
-            store = self.service.new_conversation(store, persona_id, self.personas(request, store))
-        except ChatInputError as exc:
-            raise Refusal(str(exc)) from None
-        return self._view(store)
-
-    def select_chat(self, store, conv_id, request: gr.Request = None):
-        """Open a chat from the sidebar; its persona comes back with it."""
-        self._guard(request)
-        store = self.service.ensure_store(store)
-        if conv_id and conv_id != store["active"]:
-            try:
-                self.service.select(store, conv_id)
-            except ChatInputError as exc:
-                raise Refusal(str(exc)) from None
-        conv = self.service.active(store)
-        persona = self.personas(request, store).get(conv.get("persona_id") or DEFAULT_PERSONA_ID)
-        fields = self.persona_fields(persona)
-        if conv.get("system_used"):
-            fields[2] = conv["system_used"]
-        return *self._view(store), gr.update(value=persona.id if persona else None), *fields
-
-    def rename_chat(self, store, title):
-        """Rename the chat on screen."""
-        try:
-            store = self.service.rename(self.service.ensure_store(store), title)
-        except ChatInputError as exc:
-            raise Refusal(str(exc)) from None
-        return self._view(store)
-
-    def delete_chat(self, store, request: gr.Request = None):
-        """Delete the chat on screen."""
-        self._guard(request)
-        return self._view(self.service.delete(self.service.ensure_store(store)))
-
-    def exports(self, store, request: gr.Request = None):
-        """Current chat as JSON and Markdown files, written only when the user asks (the Export button)."""
-        store = self.service.ensure_store(store)
-        conv = self.service.active(store)
-        persona = self.personas(request, store).get(conv.get("persona_id") or "")
-        name = safe_name(conv.get("title") or "chat", "chat")
-        return (
-            self._write(f"{name}.json", export_json(conv), request),
-            self._write(f"{name}.md", to_markdown(conv, persona.name if persona else ""), request),
-        )
-
-    def prepare_exports(self, store, request: gr.Request = None):
-        """The Export button: write the files and show their download buttons."""
-        json_path, md_path = self.exports(store, request)
-        return gr.update(value=json_path, visible=True), gr.update(value=md_path, visible=True)
-
-    @staticmethod
-    def _read_upload(file) -> tuple[str, str]:
-        """The uploaded file's text and its own name; errors name only that name, never a server path."""
-        if file is None:
-            raise Refusal("No file was uploaded.")
-        path = Path(file if isinstance(file, str) else file.name)
-        try:
-            return path.read_text(encoding="utf-8"), path.name
-        except UnicodeDecodeError:
-            raise Refusal(f"{path.name}: cannot be read as UTF-8 text; export it again as JSON.") from None
-        except OSError:
-            raise Refusal(f"{path.name}: the upload cannot be read; upload the file again.") from None
-
-    def import_chat(self, store, file):
-        """Add a chat from an exported JSON file."""
-        text, name = self._read_upload(file)
-        try:
-            conv = parse_import(text, name)
-            store = self.service.add_imported(self.service.ensure_store(store), conv)
-        except ConversationError as exc:
-            raise Refusal(str(exc)) from None
-        return self._view(store)

@@ -7,22 +7,63 @@ built-ins and the shared library can be read by all, and changed only as
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import replace
 
 import gradio as gr
 
-from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, parse_persona
+from .personas import DEFAULT_PERSONA_ID, Persona, PersonaError, PersonaStore, parse_persona
 from .refusal import Refusal
 from .render import safe_markdown  # persona names are user text, shown in a Markdown status line
 from .server_text import current_lang
 from .server_text import text as tr
-from .settings_form import settings_dict
+from .settings_form import SETTING_ORDER, clamp_settings, settings_dict
 
 
 class PersonaHandlers:
     """Persona handlers; needs the host's ``service``, ``personas()``, ``_view()``, ``_write()``,
-    ``_read_upload()``, ``_require_admin()`` and the persona field helpers."""
+    ``_read_upload()``, ``_require_admin()`` and ``default_settings()``."""
+
+    def persona_settings(self, persona: Persona | None) -> list:
+        """Model defaults with the persona's suggested settings on top."""
+        engine = self.service.manager.engine
+        values = dict(zip(SETTING_ORDER, self.default_settings(), strict=True))
+        if engine is None:
+            return list(values.values())
+        if persona:
+            values.update({k: v for k, v in persona.settings.items() if k in values})
+        # A persona written for a longer context (or another model) must not push a slider past its range.
+        values = clamp_settings(values, engine.info.context_length)
+        return [values[k] for k in SETTING_ORDER]
+
+    def persona_fields(self, persona: Persona | None) -> list:
+        """name, avatar, system prompt, greeting, example dialogue, first-turn flag."""
+        if persona is None:
+            return ["", "🤖", "You are a helpful assistant.", "", "[]", False]
+        dialogue = json.dumps([list(t) for t in persona.example_dialogue], ensure_ascii=False, indent=1)
+        return [
+            persona.name,
+            persona.avatar,
+            persona.system_prompt,
+            persona.greeting,
+            dialogue,
+            persona.system_in_first_turn,
+        ]
+
+    @staticmethod
+    def persona_choices(selected: str | None, personas: PersonaStore):
+        """Persona dropdown: yours marked ✎, the shared library's 👥, built-ins plain."""
+        choices = [
+            (f"{p.avatar} {p.name}" + ("" if p.builtin else " 👥" if p.shared else " ✎"), p.id) for p in personas.all()
+        ]
+        return gr.update(choices=choices, value=selected)
+
+    @staticmethod
+    def persona_errors(personas: PersonaStore) -> str:
+        """Persona files that could not be read, for the persona panel (file names, never server paths)."""
+        personas.all()
+        return "\n".join(f"⚠️ `{html.escape(e)}`" for e in personas.errors)
 
     def pick_persona(self, store, persona_id, request: gr.Request = None):
         """Load a persona into the editor and the settings; mid-chat the switch is noted in the transcript."""
