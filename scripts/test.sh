@@ -17,3 +17,9 @@ python -m pytest -q "$@"
 if [ "$#" -eq 0 ] && [ "${QWEN_SKIP_VLLM:-0}" != 1 ]; then
   bash scripts/test-vllm.sh
 fi
+# guidellm itself (its backend class, `guidellm run`) in a venv of its own, cached in ~/.cache/qwen-chat
+# (it pins click~=8.4 and multidict<7, which .venv cannot take): also only on a whole run;
+# QWEN_SKIP_GUIDELLM=1 skips it. Only the tests that need guidellm: the pytest run above sent its requests.
+if [ "$#" -eq 0 ] && [ "${QWEN_SKIP_GUIDELLM:-0}" != 1 ]; then
+  bash scripts/test-guidellm.sh -k "backend_class or cli_run"
+fi

@@ -30,21 +30,23 @@ literally, always streamed with ``{"include_usage": true}`` and sent chat conten
 that body is checked too.
 
 The first tests send these exact requests with httpx; the last ones run guidellm itself (its backend
-class, and ``python -m guidellm run`` on a two-row JSON dataset) and are skipped when guidellm is not
-installed. It is not in requirements-dev.txt: guidellm 0.8.1 requires ``click~=8.4.0`` and ``sanic``
-(``multidict<7``), which would downgrade click 8.5.1 and multidict 7.2.1 in the pinned environment
-(torch itself is unconstrained and would stay). To run them, install guidellm beside the venv, e.g.
-``pip install --no-deps --target /tmp/glsite guidellm==0.8.1 click==8.4.2 multidict==6.9.1 sanic ...``
-and ``PYTHONPATH=/tmp/glsite python -m pytest tests/test_guidellm_requests.py``.
+class through ``GUIDELLM_DRIVER``, and ``guidellm run`` on a two-row JSON dataset). guidellm is not in
+requirements-dev.txt: 0.8.1 requires ``click~=8.4.0`` and ``sanic`` (``multidict<7``), which would downgrade
+click 8.5.1 and multidict 7.2.1 in the pinned environment. ``scripts/test-guidellm.sh`` (part of
+``scripts/test.sh``) builds a venv of its own once, ``~/.cache/qwen-chat/guidellm-venv-0.8.1`` (CPU torch
+pinned first), and runs this module with ``QWEN_GUIDELLM_PYTHON`` set to its interpreter: the driver and
+``python -m guidellm`` then run there as subprocesses. Without it they run in-process when guidellm imports
+here, and are skipped when neither is available.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -259,14 +261,18 @@ def test_with_an_api_key_the_bearer_header_is_what_lets_guidellm_in(keyed_app):
 
 # --- guidellm itself (skipped without it) --------------------------------------------------------------
 
+# guidellm's OpenAIHTTPBackend as its workers drive it: startup, validate, resolve, shutdown. The same source
+# runs in-process (exec) or as ``$QWEN_GUIDELLM_PYTHON -c GUIDELLM_DRIVER '<json args>'``, printing JSON.
+GUIDELLM_DRIVER = """
+import asyncio, json, sys
 
-def _run_backend(url: str, route: str, stream: bool, api_key: str | None = None):
-    """guidellm's OpenAIHTTPBackend as its workers drive it: startup, validate, resolve, shutdown."""
-    from guidellm.backends.openai.http import OpenAIHTTPBackend
-    from guidellm.schemas import GenerationRequest, RequestInfo
-    from guidellm.schemas.backends import OpenAIHTTPBackendArgs
-    from guidellm.schemas.base.request import UsageMetrics
+from guidellm.backends.openai.http import OpenAIHTTPBackend
+from guidellm.schemas import GenerationRequest, RequestInfo
+from guidellm.schemas.backends import OpenAIHTTPBackendArgs
+from guidellm.schemas.base.request import UsageMetrics
 
+
+def drive(url, route, stream, api_key, prompt, n):
     async def go():
         args = OpenAIHTTPBackendArgs(target=f"{url}/v1", request_format=route, stream=stream, api_key=api_key)
         backend = OpenAIHTTPBackend(args)
@@ -274,7 +280,7 @@ def _run_backend(url: str, route: str, stream: bool, api_key: str | None = None)
         try:
             await backend.validate()
             models = await backend.available_models()
-            request = GenerationRequest(columns={"text_column": [PROMPT]}, output_metrics=UsageMetrics(text_tokens=N))
+            request = GenerationRequest(columns={"text_column": [prompt]}, output_metrics=UsageMetrics(text_tokens=n))
             info, final = RequestInfo(), None
             async for response, _ in backend.resolve(request, info):  # it updates info in place
                 final = response if response is not None else final
@@ -282,34 +288,79 @@ def _run_backend(url: str, route: str, stream: bool, api_key: str | None = None)
         finally:
             await backend.process_shutdown()
 
-    return asyncio.run(go())
+    models, final, info = asyncio.run(go())
+    return {
+        "models": list(models),
+        "response": None if final is None else {
+            "text": final.text,
+            "output_text_tokens": final.output_metrics.text_tokens,
+            "input_text_tokens": final.input_metrics.text_tokens,
+            "request_args": final.request_args,
+        },
+        "token_iterations": info.timings.token_iterations,
+        "first_token_iteration": info.timings.first_token_iteration,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(drive(*json.loads(sys.argv[1]))))
+"""
+# guidellm must not reach the network (a Hugging Face tokenizer lookup) in CI.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def guidellm_python() -> str | None:
+    """The interpreter that runs guidellm: ``QWEN_GUIDELLM_PYTHON`` (scripts/test-guidellm.sh builds its venv),
+    else None for this one when guidellm imports here; skips when neither."""
+    python = os.environ.get("QWEN_GUIDELLM_PYTHON", "")
+    if python:
+        if not Path(python).is_file():
+            pytest.fail(f"QWEN_GUIDELLM_PYTHON={python} does not exist")
+        return python
+    if importlib.util.find_spec("guidellm") is None:
+        pytest.skip(
+            "guidellm is not importable here and QWEN_GUIDELLM_PYTHON is not set: run scripts/test-guidellm.sh "
+            "(builds guidellm's venv, then this module)"
+        )
+    return None
+
+
+def _run_backend(python: str | None, url: str, route: str, stream: bool, api_key: str | None = None) -> dict:
+    args = [url, route, stream, api_key, PROMPT, N]
+    if python is None:
+        namespace: dict = {"__name__": "guidellm_driver"}
+        exec(GUIDELLM_DRIVER, namespace)  # this module's own source
+        return json.loads(json.dumps(namespace["drive"](*args)))  # the same JSON either way
+    cmd = [python, "-c", GUIDELLM_DRIVER, json.dumps(args)]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
 @pytest.mark.parametrize("stream", [True, False])
-def test_guidellm_backend_class(app, model, route, stream):
-    pytest.importorskip("guidellm")
-    models, response, info = _run_backend(app.url, route, stream)
-    assert models[0] == model
-    assert response is not None and response.text
-    assert response.output_metrics.text_tokens == N
-    assert response.input_metrics.text_tokens > 0
-    sent = json.loads(response.request_args)["body"]
+def test_guidellm_backend_class(guidellm_python, app, model, route, stream):
+    result = _run_backend(guidellm_python, app.url, route, stream)
+    response = result["response"]
+    assert result["models"][0] == model
+    assert response is not None and response["text"]
+    assert response["output_text_tokens"] == N
+    assert response["input_text_tokens"] > 0
+    sent = json.loads(response["request_args"])["body"]
     assert sent == guidellm_body(route, model, stream)  # what this module sends by hand
     if stream:
-        assert 1 <= info.timings.token_iterations <= N
-        assert info.timings.first_token_iteration is not None
+        assert 1 <= result["token_iterations"] <= N
+        assert result["first_token_iteration"] is not None
 
 
-def test_guidellm_backend_class_with_api_key(keyed_app):
-    pytest.importorskip("guidellm")
-    _, response, _ = _run_backend(keyed_app.url, "/v1/chat/completions", True, api_key=KEY)
-    assert response.output_metrics.text_tokens == N
+def test_guidellm_backend_class_with_api_key(guidellm_python, keyed_app):
+    result = _run_backend(guidellm_python, keyed_app.url, "/v1/chat/completions", True, api_key=KEY)
+    assert result["response"]["output_text_tokens"] == N
 
 
-def test_guidellm_cli_run(app, model, tmp_path):
+def test_guidellm_cli_run(guidellm_python, app, model, tmp_path):
     """``guidellm run`` as its users run it: synchronous, two requests from a JSON dataset, no network."""
-    pytest.importorskip("guidellm")
     rows = [
         {"prompt": PROMPT, "output_tokens_count": 5},
         {"prompt": "Write a haiku about rain", "output_tokens_count": 3},
@@ -318,7 +369,7 @@ def test_guidellm_cli_run(app, model, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.json"
     cmd = [
-        sys.executable, "-m", "guidellm", "run",
+        guidellm_python or sys.executable, "-m", "guidellm", "run",
         "--backend", f"kind=openai_http,target={app.url}",
         "--profile", "kind=synchronous",
         "--constraint", "kind=max_requests,count=2",
@@ -326,8 +377,7 @@ def test_guidellm_cli_run(app, model, tmp_path):
         "--output", f"kind=json,path={out}",
         "--disable-console-interactive",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     requests = json.loads(out.read_text())["benchmarks"][0]["requests"]
     assert len(requests["errored"]) == 0 and len(requests["incomplete"]) == 0, requests["errored"]
