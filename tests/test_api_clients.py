@@ -95,6 +95,7 @@ def test_developer_role_is_a_system_message(client, engine):
         ),
         ({"temperature": "0.5"}, "temperature"),
         ({"logit_bias": {"999999999": 5}}, None),
+        ({"stop": [f"s{i}" for i in range(33)]}, "stop"),  # bounded: every piece is matched against them
     ],
 )
 def test_values_we_cannot_honour_are_refused_naming_the_field(client, kw, param):

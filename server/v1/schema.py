@@ -18,6 +18,9 @@ from qwen_core.text import check_text
 
 log = logging.getLogger("qwen_chat.api")
 MAX_N = 8  # choices per request; each is a batch row
+# OpenAI takes 4 stop strings; vLLM and llama.cpp any number, and Open WebUI sends all a user sets.
+# Bounded: every piece of a reply is matched against them.
+MAX_STOPS = 32
 Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
@@ -151,12 +154,13 @@ class Sampling(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-1, lt=2**63, description="-1: random")
     n: int = Field(default=1, ge=1, le=MAX_N)
-    user: str | None = Field(default=None, max_length=256)
+    # Ignored. OpenAI's is a string; Open WebUI sends its user as an object to pipeline models.
+    user: Any = None
     response_format: ResponseFormat | None = None
     # vLLM's: logprob entries name tokens "token_id:N" (exact for any id, partial UTF-8 included).
     return_tokens_as_token_ids: bool | None = None
 
-    @field_validator("stop", "user", mode="before")
+    @field_validator("stop", mode="before")
     @classmethod
     def _texts(cls, value, info):
         for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
@@ -168,8 +172,8 @@ class Sampling(BaseModel):
     @classmethod
     def _stops(cls, value):
         stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings of at most 200 characters")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > 200 for s in stops):
+            raise ValueError(f"stop takes up to {MAX_STOPS} non-empty strings of at most 200 characters")
         return stops
 
 
