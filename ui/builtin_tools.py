@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_EXPRESSION_CHARS = 500
+MAX_ZONE_CHARS = 64  # IANA zone names are at most ~32 characters; longer ones are refused
 MAX_NODES = 400  # syntax-tree nodes one expression may have
 MAX_DEPTH = 100  # nesting of operations (a sum of n terms nests n - 1 deep)
 MAX_INT_BITS = 4096  # about 1233 decimal digits: every intermediate integer stays below this
@@ -175,8 +176,8 @@ def current_time(tz: str | None = None, now: Callable[[], datetime] | None = Non
     """The current date and time in the IANA time zone ``tz`` (UTC when empty), as text."""
     name = (tz or "UTC").strip() or "UTC"
     # Only well-formed zone names reach zoneinfo, so no name can point it at another file.
-    if len(name) > 64 or not _ZONE.fullmatch(name):
-        raise ValueError(f"{name[:64]!r} is not an IANA time zone name (like 'Europe/Paris' or 'UTC')")
+    if len(name) > MAX_ZONE_CHARS or not _ZONE.fullmatch(name):
+        raise ValueError(f"{name[:MAX_ZONE_CHARS]!r} is not an IANA time zone name (like 'Europe/Paris' or 'UTC')")
     try:
         zone = timezone.utc if name.upper() == "UTC" else ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -196,7 +197,14 @@ BUILTIN_SCHEMAS: dict[str, dict] = {
             "math functions such as sqrt, log, sin, factorial, and the constants pi and e.",
             "parameters": {
                 "type": "object",
-                "properties": {"expression": {"type": "string", "description": "e.g. (3 + 4) * 2 ** 10"}},
+                # maxLength: a forced call (held to this schema by the grammar) is one the evaluator takes.
+                "properties": {
+                    "expression": {
+                        "type": "string",
+                        "description": "e.g. (3 + 4) * 2 ** 10",
+                        "maxLength": MAX_EXPRESSION_CHARS,
+                    }
+                },
                 "required": ["expression"],
             },
         },
@@ -208,7 +216,13 @@ BUILTIN_SCHEMAS: dict[str, dict] = {
             "description": "Gives the current date, time and weekday in a time zone.",
             "parameters": {
                 "type": "object",
-                "properties": {"timezone": {"type": "string", "description": "IANA name, e.g. Asia/Shanghai; UTC"}},
+                "properties": {
+                    "timezone": {
+                        "type": "string",
+                        "description": "IANA name, e.g. Asia/Shanghai; UTC",
+                        "maxLength": MAX_ZONE_CHARS,
+                    }
+                },
             },
         },
     },
