@@ -48,11 +48,15 @@ def test_versions_continue_and_start_reply_with(page, base_url, shot):
     second = ui.last_reply()
     page.locator("#version-prev").click()
     expect(position).to_have_text("1/2")
-    expect(page.locator("#chat [data-testid=bot]:not(:has(.thought-group))")).to_have_text([first])
+    # innerText, as ui.last_reply() read it: a reply with a line break renders it as <br>, which
+    # textContent (to_have_text's default) drops.
+    expect(page.locator("#chat [data-testid=bot]:not(:has(.thought-group))")).to_have_text([first], use_inner_text=True)
     expect(page.locator("#version-prev")).to_be_disabled()
     page.locator("#version-next").click()
     expect(position).to_have_text("2/2")
-    expect(page.locator("#chat [data-testid=bot]:not(:has(.thought-group))")).to_have_text([second])
+    expect(page.locator("#chat [data-testid=bot]:not(:has(.thought-group))")).to_have_text(
+        [second], use_inner_text=True
+    )
     shot(page, "versions", docs="screenshot-reply-versions.png")
 
     # Continue extends the shown reply in place (no new message)
