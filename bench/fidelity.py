@@ -1,0 +1,107 @@
+"""Fidelity of the CPU fast path on the 1.8B shape: llama.cpp Q8_0 / Q4_K_M against our fp32 engine (issue 16).
+
+For ``--prompts`` ChatML prompts (English and Chinese questions, Qwen's default system prompt, built by our
+prompt builder), the next-token logits of our llama.cpp engine (``--precision int8`` / ``int4``, the GGUF
+files ``cpu_peers.py`` converted) against the fp32 torch engine on the same BF16 checkpoint:
+
+- max |Δ logit| / max |logit| (the tests' measure, ``tests/test_llamacpp.py``): median and worst prompt;
+- greedy agreement: the share of prompts whose top-1 token is the same;
+- top-5 overlap and KL(fp32 ‖ fast) of the next-token distributions (mean over prompts).
+
+The checkpoint has random weights (``bench/_common.checkpoint``): their logits are nearly flat, so greedy
+agreement here is a worst case (near-ties flip on any rounding), while the relative error is a property
+of the kernels. There is no 1.8B GPTQ checkpoint to convert here (no network); the GPTQ conversion's
+fidelity is measured on tiny checkpoints in ``tests/test_llamacpp.py``.
+
+    python bench/fidelity.py [--prompts 32]    # writes bench/results/fidelity_1.8b_cpu.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, checkpoint, write_results
+
+QUESTIONS = [
+    "What is the capital of France?", "Explain photosynthesis in one sentence.", "Write a haiku about rain.",
+    "How do I reverse a list in Python?", "Why is the sky blue?", "Give me three tips for better sleep.",
+    "What is 17 times 23?", "Translate 'good morning' into German.", "Summarise the plot of Hamlet.",
+    "What causes earthquakes?", "Name a prime number larger than 100.", "How does a bicycle stay upright?",
+    "请介绍一下长城。", "北京今天的天气怎么样？", "用一句话解释什么是机器学习。", "给我讲一个关于猫的笑话。",
+    "What is the difference between TCP and UDP?", "Recommend a book for a long flight.",
+    "How many legs does a spider have?", "What is the boiling point of water in Fahrenheit?",
+    "Describe the taste of a lemon.", "What year did the first person walk on the moon?",
+    "写一首关于春天的短诗。", "如何学好数学？", "Why do cats purr?", "What is a black hole?",
+    "List the planets of the solar system.", "How do vaccines work?", "What is the Pythagorean theorem?",
+    "Suggest a name for a coffee shop.", "What does HTTP stand for?", "Tell me a fun fact about octopuses.",
+]  # fmt: skip
+
+
+def _stats(got, want) -> dict:
+    import torch
+
+    rel = ((got - want).abs().max() / want.abs().max()).item()
+    p = torch.log_softmax(want, -1)
+    q = torch.log_softmax(got, -1)
+    kl = (p.exp() * (p - q)).sum().item()
+    top5 = len(set(got.topk(5).indices.tolist()) & set(want.topk(5).indices.tolist())) / 5
+    return {"rel": rel, "same_top1": int(got.argmax() == want.argmax()), "top5": top5, "kl": kl}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="1.8b")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from qwen_core import load_engine
+
+    torch.set_num_threads(a.threads)
+    ckpt = str(checkpoint(a.shape, "bfloat16"))
+    ref = load_engine(ckpt, "fp32", "cpu", cpu_engine="torch", max_batch=0)
+    prompts = [ref.build_prompt(q, [], "You are a helpful assistant.") for q in QUESTIONS[: a.prompts]]
+    want = []
+    with torch.no_grad():
+        for ids in prompts:
+            want.append(ref.model(torch.tensor([ids])).logits[0, -1].float())
+    scale = statistics.median(w.abs().max().item() for w in want)
+    spread = statistics.median((w.max() - w.topk(2).values[1]).item() for w in want)  # top-1 margin
+    del ref
+    gc.collect()
+    rows = []
+    for precision, quant in (("int8", "Q8_0"), ("int4", "Q4_K_M")):
+        engine = load_engine(ckpt, precision, "cpu", data_dir=CACHE / "data", cpu_threads=a.threads)
+        per = [_stats(engine.next_token_logits(ids), w) for ids, w in zip(prompts, want, strict=True)]
+        engine.unload()
+        rows.append(
+            {
+                "path": f"llama.cpp {quant} (--precision {precision})",
+                "prompts": len(per),
+                "rel err median": round(statistics.median(x["rel"] for x in per), 4),
+                "rel err max": round(max(x["rel"] for x in per), 4),
+                "greedy agreement": round(sum(x["same_top1"] for x in per) / len(per), 3),
+                "top-5 overlap": round(statistics.mean(x["top5"] for x in per), 3),
+                "KL mean": round(statistics.mean(x["kl"] for x in per), 5),
+            }
+        )
+        print(rows[-1], flush=True)
+    cols = ["path", "prompts", "rel err median", "rel err max", "greedy agreement", "top-5 overlap", "KL mean"]
+    note = (
+        f"{a.shape} shape, random weights (bench/.cache), vs our fp32 torch engine; median max |logit| "
+        f"{scale:.2f}, median top-1 margin {spread:.4f} (random weights: near-ties, so greedy agreement is a worst "
+        f"case); {a.threads} threads"
+    )
+    print(write_results(f"fidelity_{a.shape}_cpu", rows, cols, notes=note))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
