@@ -4,14 +4,16 @@ export and import a chat. Export files are written per browser session, on reque
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from pathlib import Path
 
 import gradio as gr
 
-from .conversations import ConversationError, export_json, parse_import, to_markdown
+from .archive import export_archive, parse_chats
+from .conversations import ConversationError, export_json, to_markdown
 from .personas import DEFAULT_PERSONA_ID
-from .refusal import Refusal
+from .refusal import Refusal, notify_info
 from .service import ChatInputError
 from .storage import safe_name
 
@@ -83,10 +85,30 @@ class ChatListHandlers:
             self._write(f"{name}.md", to_markdown(conv, persona.name if persona else ""), request),
         )
 
+    def export_all(self, store, request: gr.Request = None) -> str:
+        """Every chat in one JSON file (:mod:`ui.archive`); Import chat takes it back."""
+        store = self.service.ensure_store(store)
+        return self._write(time.strftime("qwen-chats-%Y-%m-%d.json"), export_archive(store), request)
+
     def prepare_exports(self, store, request: gr.Request = None):
-        """The Export button: write the files and show their download buttons."""
+        """The Export button: write the files (this chat as JSON and Markdown, all chats as JSON) and
+        show their download buttons."""
         json_path, md_path = self.exports(store, request)
-        return gr.update(value=json_path, visible=True), gr.update(value=md_path, visible=True)
+        all_path = self.export_all(store, request)
+        if getattr(request, "session_hash", None):
+            self.service.session(request.session_hash).exported_rev = (store or {}).get("rev")
+        shown = (json_path, md_path, all_path)
+        return tuple(gr.update(value=path, visible=True) for path in shown)
+
+    def hide_downloads(self, request: gr.Request = None) -> tuple:
+        """After the chats changed (chained after :meth:`persist`, which keeps what the page shows): the
+        three download buttons hidden again when their files are older than that, or left as they are."""
+        shown = self._view_of(request)
+        session_id = getattr(request, "session_hash", None)
+        exported = self.service.session(session_id).exported_rev if session_id else None
+        if shown is not None and exported is not None and shown.get("rev") == exported:
+            return (gr.skip(),) * 3  # written from the store the page shows now
+        return tuple(gr.update(visible=False) for _ in range(3))
 
     @staticmethod
     def _read_upload(file) -> tuple[str, str]:
@@ -102,11 +124,13 @@ class ChatListHandlers:
             raise Refusal(f"{path.name}: the upload cannot be read; upload the file again.") from None
 
     def import_chat(self, store, file):
-        """Add a chat from an exported JSON file."""
+        """Add the chats of an exported JSON file: one chat, or all of an archive (all or none)."""
         text, name = self._read_upload(file)
         try:
-            conv = parse_import(text, name)
-            store = self.service.add_imported(self.service.ensure_store(store), conv)
+            convs = parse_chats(text, name)
+            store = self.service.add_imported(self.service.ensure_store(store), convs)
         except ConversationError as exc:
             raise Refusal(str(exc)) from None
+        if len(convs) > 1:
+            notify_info(f"Imported {len(convs)} chats.", duration=5)
         return self._view(store)

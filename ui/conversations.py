@@ -151,14 +151,23 @@ def export_json(conv: dict) -> str:
     return json.dumps({"format": "qwen-chat-conversation", "version": 1, **conv}, ensure_ascii=False, indent=2)
 
 
-def parse_import(text: str, source: str = "import") -> dict:
-    """Validate an exported conversation (ours, or a plain ``[{"role", "content"}]`` list) into a new one."""
+def load_json(text: str, source: str = "import"):
+    """An uploaded file's JSON, within :data:`MAX_IMPORT_BYTES`; errors name ``source`` and the place."""
     if len(text.encode("utf-8", "replace")) > MAX_IMPORT_BYTES:
         raise ConversationError(f"{source}: larger than {MAX_IMPORT_BYTES // 2**20} MB")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConversationError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+
+
+def parse_import(text: str, source: str = "import") -> dict:
+    """Validate an exported conversation (ours, or a plain ``[{"role", "content"}]`` list) into a new one."""
+    return conversation_from(load_json(text, source), source)
+
+
+def conversation_from(data, source: str = "import", keep_times: bool = False) -> dict:
+    """A new conversation from one exported conversation's data (``keep_times``: its own dates, if sane)."""
     if isinstance(data, list):
         data = {"messages": data}
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
@@ -190,4 +199,9 @@ def parse_import(text: str, source: str = "import") -> dict:
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
     conv["title"] = str(title)[:100] if isinstance(title, str) and title.strip() else title_from(first_user)
     conv["messages"] = messages
+    if keep_times:  # an archive keeps when each chat was made and last used (the chat list's dates)
+        for key in ("created", "updated"):
+            when = data.get(key)
+            if isinstance(when, (int, float)) and not isinstance(when, bool) and 0 < when <= conv[key] + 86_400:
+                conv[key] = float(when)
     return conv

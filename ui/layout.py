@@ -107,6 +107,7 @@ class Page:
     export_chat: gr.Button
     export_json: gr.DownloadButton
     export_md: gr.DownloadButton
+    export_all: gr.DownloadButton  # every chat in one file (ui.archive); Import chat takes it back
     import_chat: gr.UploadButton
     # persona
     persona_pick: gr.Dropdown
@@ -190,6 +191,7 @@ def build_page(
             with gr.Row():
                 export_json = gr.DownloadButton(i18n("export_json"), size="sm", visible=False)
                 export_md = gr.DownloadButton(i18n("export_md"), size="sm", visible=False)
+                export_all = gr.DownloadButton(i18n("export_all"), size="sm", visible=False, elem_id="export-all")
             import_chat = gr.UploadButton(i18n("import_chat"), file_types=[".json"], size="sm")
             chat_menu = build_chat_menu()
         with gr.Row(elem_id="header"):

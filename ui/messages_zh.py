@@ -44,6 +44,15 @@ MESSAGES: tuple[tuple[str, str], ...] = (
     ("The message is longer than {limit} characters.", "消息超过 {limit} 个字符，请缩短后再试。"),
     ("Persona '{name}' no longer exists.", "角色“{name}”已不存在；请选择其他角色。"),
     ("You have {n} chats; delete some first.", "你已有 {n} 个会话；请先删除一些。"),
+    (
+        "The file holds {n} chats and there is room for {lo} more (at most {limit}): delete some first. "
+        "Nothing was imported.",
+        "文件中有 {n} 个会话，但只能再添加 {lo} 个（最多 {limit} 个）：请先删除一些。没有导入任何会话。",
+    ),
+    ("Imported {n} chats.", "已导入 {n} 个会话。"),
+    ("'conversations' must be a list of chats", "'conversations' 必须是会话列表"),
+    ("the archive holds no chats", "归档中没有会话"),
+    ("{n} chats; at most {limit} can be kept", "{n} 个会话；最多只能保留 {limit} 个"),
     ("That chat no longer exists.", "这个会话已不存在；请从列表中选择其他会话。"),
     ("A chat name cannot be empty.", "会话名称不能为空；请输入名称。"),
     ("Generation failed: {exc}", "生成失败：{exc}"),

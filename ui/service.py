@@ -82,6 +82,7 @@ class _Session:
     # login it was seen under: typing events send only the draft and the meter counts against this.
     view: dict | None = None
     view_login: str | None = None
+    exported_rev: str | None = None  # the store revision the page's download buttons were written from
 
     def __post_init__(self) -> None:
         self.idle.set()

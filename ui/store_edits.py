@@ -242,10 +242,17 @@ class StoreEdits:
             if q in c.get("title", "").lower() or any(q in m.get("content", "").lower() for m in c["messages"])
         ]
 
-    def add_imported(self, store: dict, conv: dict) -> dict:
-        """Add an imported conversation and show it."""
-        if len(store["conversations"]) >= self.limits.max_conversations:
-            raise ConversationError(f"You have {self.limits.max_conversations} chats; delete some first.")
-        store["conversations"].insert(0, conv)
-        store["active"] = conv["id"]
+    def add_imported(self, store: dict, conv: dict | list[dict]) -> dict:
+        """Add imported conversations (one, or an archive's list) and show the first; all or none."""
+        convs = conv if isinstance(conv, list) else [conv]
+        if len(convs) > self.limits.max_conversations - len(store["conversations"]):
+            if len(convs) == 1:
+                raise ConversationError(f"You have {self.limits.max_conversations} chats; delete some first.")
+            raise ConversationError(
+                f"The file holds {len(convs)} chats and there is room for "
+                f"{max(0, self.limits.max_conversations - len(store['conversations']))} more "
+                f"(at most {self.limits.max_conversations}): delete some first. Nothing was imported."
+            )
+        store["conversations"][0:0] = convs
+        store["active"] = convs[0]["id"]
         return store

@@ -126,8 +126,12 @@ def wire(page: Page, h: Handlers, settings_store: SettingsStore | None = None) -
     p.delete_chat.click(h.delete_chat, [p.store], view).success(**meter_io).then(None, js=MARK_DROPPED_JS)
     p.import_chat.upload(h.import_chat, [p.store, p.import_chat], view).then(**meter_io).then(None, js=MARK_DROPPED_JS)
     # Export files are written only when asked: one click writes them and shows the download buttons.
-    p.export_chat.click(h.prepare_exports, [p.store], [p.export_json, p.export_md], queue=False)
-    p.store.change(h.persist, [p.store], None, queue=False, show_progress="hidden")
+    downloads = [p.export_json, p.export_md, p.export_all]
+    p.export_chat.click(h.prepare_exports, [p.store], downloads, queue=False)
+    # A download written before the chats changed would hand out an old copy: Export writes a fresh one.
+    p.store.change(h.persist, [p.store], None, queue=False, show_progress="hidden").then(
+        h.hide_downloads, None, downloads, queue=False, show_progress="hidden"
+    )
 
     # Personas
     # Every persona event gets the store: without logins it carries the browser's id (ui.owner).
