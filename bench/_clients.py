@@ -91,6 +91,10 @@ class GradioQueue:
         config = self.client.get(f"{base}/config").raise_for_status().json()
         self.prefix = base + config.get("api_prefix", "/gradio_api")
         self.fn = {d.get("api_name"): d["id"] for d in config["dependencies"]}
+        # Each event's input defaults, for inputs a bench does not set (e.g. the Tools tab's, which
+        # came after these benches were written): sent as the page would send them untouched.
+        values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+        self.defaults = {d.get("api_name"): [values.get(i) for i in d["inputs"]] for d in config["dependencies"]}
 
     def predict(self, api_name: str, data: list, session: str) -> tuple[list, int]:
         """A ``queue=False`` event (e.g. the UI's submit): outputs and response bytes."""
@@ -153,7 +157,8 @@ class GradioQueue:
         if history:
             conv = next(c for c in store["conversations"] if c["id"] == store["active"])
             conv["messages"] = [*history, *conv["messages"]]
-        final = self.stream("respond", [store, system, False, "[]", *settings], session, trace)
+        data = [store, system, False, "[]", *settings]
+        final = self.stream("respond", data + self.defaults["respond"][len(data) :], session, trace)
         conv = next(c for c in final[0]["conversations"] if c["id"] == final[0]["active"])
         trace.text = conv["messages"][-1]["content"]
         stats = re.search(r"\*\*(\d+)\*\* tokens", str(final[2]))  # the reply's stats line
