@@ -7,6 +7,8 @@ vocabulary; the weights are made on the GPU, no checkpoint is written for them):
   * aggregate decode tok/s with 16 streams in one batch;
   * the TTFT of a follow-up chat turn after ~2,000 tokens of history, with and without the prefix cache;
   * GPTQ Int4 (1.8B shape, Qwen's published format) through the real loader on gptqmodel's CUDA kernel;
+  * ``--precision int8`` / ``int4`` on a BF16 1.8B checkpoint (bitsandbytes LLM.int8() / NF4 at load):
+    decode tok/s and next-token logits against BF16 (max |Δ| over max |logit|, top-1 agreement);
   * whether FlashAttention-2 was used.
 Every section is timed against a budget and skipped (with the reason in the table) when the time or
 a library is missing, so one run always ends with a table.
@@ -14,7 +16,7 @@ a library is missing, so one run always ends with a table.
     PYTHONUNBUFFERED=1 python bench/gpu_check.py            # on the GPU machine
     python bench/gpu_check.py --budget 420 --shapes 1.8b    # a shorter run
 
-Needs a CUDA build of torch (README, "GPU" section); flash-attn and gptqmodel are optional.
+Needs a CUDA build of torch (README, "GPU" section); flash-attn, gptqmodel and bitsandbytes are optional.
 """
 
 from __future__ import annotations
@@ -153,6 +155,45 @@ def gptq_row(budget: float, device: str) -> dict:
             engine.unload()
 
 
+def bitsandbytes_rows(budget: float, device: str) -> list[dict]:
+    """A BF16 1.8B checkpoint loaded with --precision int8 / int4 (bitsandbytes), against its BF16 load."""
+    import torch
+    from qwen1_checkpoint import QWEN_1_8B, write_checkpoint
+
+    from qwen_core import load_engine
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        return [{"model": "1.8b", "weights": "bnb int8/nf4", "note": f"skipped: bitsandbytes not installed ({exc})"}]
+    prompts = [[(i * 7919 + k * 104729) % 150000 for i in range(n)] for k, n in enumerate((16, 64, 256, 1024))]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_checkpoint(Path(tmp) / "bf16", QWEN_1_8B, "bfloat16", shards=2)
+        ref = load_engine(str(folder), "bf16", device)
+        with torch.no_grad():
+            want = [ref.model(torch.tensor([ids], device=ref.model.device)).logits[0, -1].float() for ids in prompts]
+        ref.unload()
+        for precision, label in (("int8", "bnb int8"), ("int4", "bnb nf4")):
+            if left(budget) < 60:
+                rows.append({"model": "1.8b", "weights": label, "note": "skipped: out of time"})
+                continue
+            engine = load_engine(str(folder), precision, device)
+            try:
+                with torch.no_grad():
+                    got = [engine.model(torch.tensor([ids], device=engine.model.device)).logits[0, -1].float()
+                           for ids in prompts]  # fmt: skip
+                rel = max(((g - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want, strict=True))
+                same = sum(int(g.argmax() == w.argmax()) for g, w in zip(got, want, strict=True))
+                rows.append({
+                    "model": "1.8b", "weights": label, "runner": "batched", "decode tok/s": round(decode_rate(engine), 1),
+                    "note": f"logits vs bf16: max rel {100 * rel:.1f} %, top-1 {same}/{len(prompts)}",
+                })  # fmt: skip
+            finally:
+                engine.unload()
+    return rows
+
+
 def shape_rows(name: str, shape, device: str, bandwidth: float, budget: float) -> list[dict]:
     from qwen_core.compiled import CompileSettings
 
@@ -235,6 +276,11 @@ def main() -> None:
             rows.append(gptq_row(args.budget, args.device))
         except Exception as exc:  # noqa: BLE001
             rows.append({"model": "1.8b", "weights": "GPTQ int4", "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
+    if gpu and left(args.budget) > 120:
+        try:
+            rows += bitsandbytes_rows(args.budget, args.device)
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"model": "1.8b", "weights": "bnb", "note": f"failed: {type(exc).__name__}: {exc}"[:200]})
     columns = ["model", "weights", "runner", "attention", "decode tok/s", "% of bandwidth", "aggregate tok/s"]
     columns += ["TTFT s (cache)", "TTFT s (no cache)", "note"]
     print("\n".join(md_table(rows, columns)))

@@ -156,21 +156,19 @@ def _load_model(ckpt: CheckpointInfo, placement: Placement):
     from .modeling import QwenV1ForCausalLM, qwen2_config_from_qwen
 
     config = qwen2_config_from_qwen(ckpt.config, placement.dtype)
+    extra = {}
     if ckpt.is_gptq:
         config.quantization_config = _gptq_config(ckpt, placement)
         config.dtype = placement.dtype
-    elif placement.precision in ("int8", "int4"):  # CUDA only (the planner): bitsandbytes at load
-        from transformers import BitsAndBytesConfig
-
-        config.quantization_config = BitsAndBytesConfig(
-            load_in_8bit=placement.precision == "int8",
-            load_in_4bit=placement.precision == "int4",
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=placement.dtype,
-        )
+    elif placement.precision in ("int8", "int4"):  # CUDA (the planner): bitsandbytes at load
+        # Passed to from_pretrained, not set on the config: transformers reads a config's
+        # quantization_config as a dict (a BitsAndBytesConfig object there fails with
+        # "'BitsAndBytesConfig' object has no attribute 'get'").
+        extra["quantization_config"] = bitsandbytes_config(placement)
     model, loading = QwenV1ForCausalLM.from_pretrained(
         str(ckpt.path),
         config=config,
+        **extra,
         dtype=placement.dtype,
         device_map=placement.device_map,
         attn_implementation=placement.attn_implementation,
@@ -195,6 +193,18 @@ def _load_model(ckpt: CheckpointInfo, placement: Placement):
     model.generation_config = GenerationConfig(eos_token_id=[151645, 151644, 151643], pad_token_id=151643)
     model.eval()
     return model
+
+
+def bitsandbytes_config(placement: Placement):
+    """bitsandbytes' settings for ``--precision int8`` (LLM.int8()) or ``int4`` (NF4, as Qwen's model cards show)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_8bit=placement.precision == "int8",
+        load_in_4bit=placement.precision == "int4",
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=placement.dtype,
+    )
 
 
 def _gptq_config(ckpt: CheckpointInfo, placement: Placement) -> dict:

@@ -135,15 +135,20 @@ def test_refused_combinations_on_this_machine(ckpt_dir, precision, device, patte
 
 
 @pytest.mark.parametrize("precision", ["int4", "int8"])
-def test_int_widths_on_a_bf16_checkpoint_need_llamacpp_on_cpu_and_bitsandbytes_on_cuda(ckpt_dir, precision):
-    import importlib.util
+def test_int_widths_on_a_bf16_checkpoint_need_llamacpp_on_cpu_and_bitsandbytes_on_cuda(
+    ckpt_dir, precision, monkeypatch
+):
+    import qwen_core.placement as placement
 
     # On the CPU they run through llama.cpp (tests/test_llamacpp.py); the torch engine refuses them.
     with pytest.raises(UnsupportedCombination, match="runs through llama.cpp"):
         load_engine(str(ckpt_dir), precision=precision, device="cpu", cpu_engine="torch")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        with pytest.raises(UnsupportedCombination, match="bitsandbytes.*not installed"):
-            plan_placement(_ckpt(1.8e9, "Qwen-1_8B-Chat"), precision, "cuda", gpus=[H100])
+    # On CUDA: bitsandbytes (tests/test_bitsandbytes.py loads it); a host without it gets the install line.
+    planned = plan_placement(_ckpt(1.8e9, "Qwen-1_8B-Chat"), precision, "cuda", gpus=[H100])
+    assert planned.precision == precision and planned.device.startswith("cuda")
+    monkeypatch.setattr(placement, "bitsandbytes_available", lambda: False)
+    with pytest.raises(UnsupportedCombination, match="bitsandbytes.*not installed: pip install bitsandbytes"):
+        plan_placement(_ckpt(1.8e9, "Qwen-1_8B-Chat"), precision, "cuda", gpus=[H100])
 
 
 def test_refusals_with_gpus():
