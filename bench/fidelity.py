@@ -8,12 +8,19 @@ files ``cpu_peers.py`` converted) against the fp32 torch engine on the same BF16
 - greedy agreement: the share of prompts whose top-1 token is the same;
 - top-5 overlap and KL(fp32 ‖ fast) of the next-token distributions (mean over prompts).
 
+With ``--gptq`` (the default), the same figures for Qwen's GPTQ Int8/Int4 layout of the same weights
+(written by ``tests/qwen1_checkpoint.write_gptq_checkpoint``: auto-gptq v1, sym, group 128; the codes by
+round-to-nearest, as there is no calibration data here, so this is the layout's rounding, not GPTQ's
+error-compensating search): the GPTQ checkpoint's own dequantised weights against fp32 (what the
+checkpoint itself gives up), and our llama.cpp engine on the GPTQ checkpoint (``--precision int8`` /
+``int4``: dequantised and re-quantised to Q8_0 / Q4_K_M) against those dequantised weights (what the
+conversion adds) and against fp32 (both together).
+
 The checkpoint has random weights (``bench/_common.checkpoint``): their logits are nearly flat, so greedy
 agreement here is a worst case (near-ties flip on any rounding), while the relative error is a property
-of the kernels. There is no 1.8B GPTQ checkpoint to convert here (no network); the GPTQ conversion's
-fidelity is measured on tiny checkpoints in ``tests/test_llamacpp.py``.
+of the kernels.
 
-    python bench/fidelity.py [--prompts 32]    # writes bench/results/fidelity_1.8b_cpu.{json,md}
+    python bench/fidelity.py [--prompts 32] [--no-gptq]   # writes bench/results/fidelity_1.8b_cpu.{json,md}
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, checkpoint, write_results
+from _common import CACHE, checkpoint, shapes, write_results
 
 QUESTIONS = [
     "What is the capital of France?", "Explain photosynthesis in one sentence.", "Write a haiku about rain.",
@@ -53,11 +60,72 @@ def _stats(got, want) -> dict:
     return {"rel": rel, "same_top1": int(got.argmax() == want.argmax()), "top5": top5, "kl": kl}
 
 
+_THREADS = [2]
+
+
+def _torch_logits(folder: Path, prompts: list[list[int]]) -> list:
+    """Next-token logits of our fp32 torch engine on FOLDER for each prompt."""
+    import torch
+
+    from qwen_core import load_engine
+
+    torch.set_num_threads(_THREADS[0])  # the llama.cpp loader leaves torch on one thread
+    engine = load_engine(str(folder), "fp32", "cpu", cpu_engine="torch", max_batch=0)
+    with torch.no_grad():
+        out = [engine.model(torch.tensor([ids])).logits[0, -1].float() for ids in prompts]
+    del engine
+    gc.collect()
+    return out
+
+
+def _fast_logits(folder: Path, precision: str, prompts: list[list[int]], threads: int) -> list:
+    """Next-token logits of our llama.cpp engine (GGUF converted and cached on first use)."""
+    from qwen_core import load_engine
+
+    engine = load_engine(str(folder), precision, "cpu", data_dir=CACHE / "data", cpu_threads=threads)
+    try:
+        return [engine.next_token_logits(ids) for ids in prompts]
+    finally:
+        engine.unload()
+
+
+def _row(path: str, against: str, got: list, want: list) -> dict:
+    """The table row of one comparison (medians and means over the prompts)."""
+    per = [_stats(g, w) for g, w in zip(got, want, strict=True)]
+    row = {
+        "path": path,
+        "against": against,
+        "prompts": len(per),
+        "rel err median": round(statistics.median(x["rel"] for x in per), 4),
+        "rel err max": round(max(x["rel"] for x in per), 4),
+        "greedy agreement": round(sum(x["same_top1"] for x in per) / len(per), 3),
+        "top-5 overlap": round(statistics.mean(x["top5"] for x in per), 3),
+        "KL mean": round(statistics.mean(x["kl"] for x in per), 5),
+    }
+    print(row, flush=True)
+    return row
+
+
+def gptq_checkpoint(shape_name: str, bits: int) -> tuple[Path, Path]:
+    """The GPTQ Int<bits> checkpoint of ``checkpoint(shape_name)``'s weights and its dequantised fp32 twin."""
+    from qwen1_checkpoint import write_gptq_checkpoint
+
+    folder = CACHE / f"qwen1-{shape_name}-gptq-int{bits}"
+    reference = CACHE / f"qwen1-{shape_name}-gptq-int{bits}-dequant"
+    if not (folder / ".complete").exists():
+        print(f"writing {folder} and {reference} ...", flush=True)
+        # seed 0 as checkpoint() uses: the same random draws, before their bf16 rounding
+        write_gptq_checkpoint(folder, reference, shapes()[shape_name], bits, seed=0)
+        (folder / ".complete").write_text("ok\n")
+    return folder, reference
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="1.8b")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=True, help="the GPTQ rows too")
     a = ap.parse_args(argv)
 
     import torch
@@ -65,35 +133,38 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_core import load_engine
 
     torch.set_num_threads(a.threads)
+    _THREADS[0] = a.threads
     ckpt = str(checkpoint(a.shape, "bfloat16"))
     ref = load_engine(ckpt, "fp32", "cpu", cpu_engine="torch", max_batch=0)
     prompts = [ref.build_prompt(q, [], "You are a helpful assistant.") for q in QUESTIONS[: a.prompts]]
-    want = []
-    with torch.no_grad():
-        for ids in prompts:
-            want.append(ref.model(torch.tensor([ids])).logits[0, -1].float())
-    scale = statistics.median(w.abs().max().item() for w in want)
-    spread = statistics.median((w.max() - w.topk(2).values[1]).item() for w in want)  # top-1 margin
     del ref
     gc.collect()
+    want = _torch_logits(Path(ckpt), prompts)
+    scale = statistics.median(w.abs().max().item() for w in want)
+    spread = statistics.median((w.max() - w.topk(2).values[1]).item() for w in want)  # top-1 margin
     rows = []
     for precision, quant in (("int8", "Q8_0"), ("int4", "Q4_K_M")):
-        engine = load_engine(ckpt, precision, "cpu", data_dir=CACHE / "data", cpu_threads=a.threads)
-        per = [_stats(engine.next_token_logits(ids), w) for ids, w in zip(prompts, want, strict=True)]
-        engine.unload()
-        rows.append(
-            {
-                "path": f"llama.cpp {quant} (--precision {precision})",
-                "prompts": len(per),
-                "rel err median": round(statistics.median(x["rel"] for x in per), 4),
-                "rel err max": round(max(x["rel"] for x in per), 4),
-                "greedy agreement": round(sum(x["same_top1"] for x in per) / len(per), 3),
-                "top-5 overlap": round(statistics.mean(x["top5"] for x in per), 3),
-                "KL mean": round(statistics.mean(x["kl"] for x in per), 5),
-            }
-        )
-        print(rows[-1], flush=True)
-    cols = ["path", "prompts", "rel err median", "rel err max", "greedy agreement", "top-5 overlap", "KL mean"]
+        got = _fast_logits(ckpt, precision, prompts, a.threads)
+        rows.append(_row(f"llama.cpp {quant} (--precision {precision})", "fp32", got, want))
+        if not a.gptq:
+            continue
+        bits = int(precision[3:])
+        folder, reference = gptq_checkpoint(a.shape, bits)
+        deq = _torch_logits(reference, prompts)
+        rows.append(_row(f"GPTQ Int{bits} layout (RTN, g128), its dequantised weights", "fp32", deq, want))
+        got = _fast_logits(folder, precision, prompts, a.threads)
+        rows.append(_row(f"llama.cpp {quant} from the GPTQ Int{bits} checkpoint", "GPTQ dequantised", got, deq))
+        rows.append(_row(f"llama.cpp {quant} from the GPTQ Int{bits} checkpoint", "fp32", got, want))
+    cols = [
+        "path",
+        "against",
+        "prompts",
+        "rel err median",
+        "rel err max",
+        "greedy agreement",
+        "top-5 overlap",
+        "KL mean",
+    ]
     note = (
         f"{a.shape} shape, random weights (bench/.cache), vs our fp32 torch engine; median max |logit| "
         f"{scale:.2f}, median top-1 margin {spread:.4f} (random weights: near-ties, so greedy agreement is a worst "
