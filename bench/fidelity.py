@@ -63,14 +63,21 @@ def _stats(got, want) -> dict:
 _THREADS = [2]
 
 
-def _torch_logits(folder: Path, prompts: list[list[int]]) -> list:
-    """Next-token logits of our fp32 torch engine on FOLDER for each prompt."""
+def _torch_engine(folder: Path):
+    """Our fp32 torch engine on FOLDER (the reference every row is measured against)."""
     import torch
 
     from qwen_core import load_engine
 
     torch.set_num_threads(_THREADS[0])  # the llama.cpp loader leaves torch on one thread
-    engine = load_engine(str(folder), "fp32", "cpu", cpu_engine="torch", max_batch=0)
+    return load_engine(str(folder), "fp32", "cpu", cpu_engine="torch", max_batch=0)
+
+
+def _torch_logits(folder: Path, prompts: list[list[int]], engine=None) -> list:
+    """Next-token logits of our fp32 torch engine on FOLDER (or ENGINE) for each prompt."""
+    import torch
+
+    engine = engine or _torch_engine(folder)
     with torch.no_grad():
         out = [engine.model(torch.tensor([ids])).logits[0, -1].float() for ids in prompts]
     del engine
@@ -130,16 +137,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qwen_core import load_engine
-
     torch.set_num_threads(a.threads)
     _THREADS[0] = a.threads
     ckpt = str(checkpoint(a.shape, "bfloat16"))
-    ref = load_engine(ckpt, "fp32", "cpu", cpu_engine="torch", max_batch=0)
+    ref = _torch_engine(Path(ckpt))
     prompts = [ref.build_prompt(q, [], "You are a helpful assistant.") for q in QUESTIONS[: a.prompts]]
+    want = _torch_logits(Path(ckpt), prompts, ref)
     del ref
-    gc.collect()
-    want = _torch_logits(Path(ckpt), prompts)
     scale = statistics.median(w.abs().max().item() for w in want)
     spread = statistics.median((w.max() - w.topk(2).values[1]).item() for w in want)  # top-1 margin
     rows = []

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from send_latency import _import
-from typing_latency import long_chat
+from send_latency import _import, start_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "browser"))
 
@@ -45,16 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from chat_ui import ChatUI
-    from conftest import CHROMIUM, CHROMIUM_ARGS, AppServer
+    from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import expect, sync_playwright
-    from qwen1_checkpoint import Shape, write_checkpoint
 
-    base = Path(tempfile.mkdtemp(prefix="profile-send-"))
-    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
-    server = AppServer(model, base / "data", base)
-    chat_path = base / "long.json"
-    chat_path.write_text(json.dumps(long_chat(args.turns)), encoding="utf-8")
-    server.start()
+    server, chat_path = start_app("profile-send-", args.turns)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -37,6 +37,20 @@ def _import(page, path: Path, expect, turns: int) -> None:
     expect(page.locator("#chat [data-testid=user]")).to_have_count(turns, timeout=120_000)
 
 
+def start_app(prefix: str, turns: int):
+    """The app on a tiny checkpoint in a fresh temporary folder, and a TURNS-turn chat file to import."""
+    from conftest import AppServer
+    from qwen1_checkpoint import Shape, write_checkpoint
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
+    server = AppServer(model, base / "data", base)
+    chat_path = base / "long.json"
+    chat_path.write_text(json.dumps(long_chat(turns)), encoding="utf-8")
+    server.start()
+    return server, chat_path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sends", type=int, default=5)
@@ -46,16 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from chat_ui import ChatUI
-    from conftest import CHROMIUM, CHROMIUM_ARGS, AppServer
+    from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import expect, sync_playwright
-    from qwen1_checkpoint import Shape, write_checkpoint
 
-    base = Path(tempfile.mkdtemp(prefix="send-latency-"))
-    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
-    server = AppServer(model, base / "data", base)
-    chat_path = base / "long.json"
-    chat_path.write_text(json.dumps(long_chat(args.turns)), encoding="utf-8")
-    server.start()
+    server, chat_path = start_app("send-latency-", args.turns)
     rows = []
     try:
         with sync_playwright() as p:

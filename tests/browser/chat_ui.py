@@ -211,6 +211,11 @@ class ChatUI:
         self.wait_reply_done(turns)
         return self.last_reply()
 
+    def new_chat(self) -> None:
+        """Press "New chat" and wait for the empty transcript."""
+        self.page.get_by_role("button", name="New chat", exact=True).click()
+        expect(self.page.locator("#chat .message-row")).to_have_count(0)
+
     # --- context meter ---------------------------------------------------------------------
     @property
     def meter(self) -> Locator:

@@ -21,8 +21,7 @@ def test_all_chats_export_and_import_into_another_browser(page, new_context, bas
     ui = ChatUI.open(page, base_url)
     ui.max_new_tokens(6)
     reply_a = ui.chat("Archive me: first chat about lynxes", turns=1)
-    page.get_by_role("button", name="New chat", exact=True).click()
-    expect(page.locator("#chat .message-row")).to_have_count(0)
+    ui.new_chat()
     reply_b = ui.chat("Archive me too: second chat about otters", turns=1)
 
     page.get_by_role("button", name="Export chat", exact=True).click()

@@ -223,8 +223,7 @@ def test_conversations_survive_a_reload(page, base_url, shot):
     ui = ChatUI.open(page, base_url)
     ui.max_new_tokens(6)
     reply_a = ui.chat("Remember the word pomegranate", turns=1)
-    page.get_by_role("button", name="New chat", exact=True).click()
-    expect(page.locator("#chat .message-row")).to_have_count(0)
+    ui.new_chat()
     reply_b = ui.chat("Second chat about tea", turns=1)
 
     ui.reload()
@@ -520,8 +519,7 @@ def test_import_chat_renders_markdown_code_and_latex(page, base_url, tmp_path, s
     assert ui.transcript()["user"][-1] == "Thanks!"
     # ... "New chat" starts an empty one (and the meter follows) ...
     chats = page.locator(".sidebar").get_by_role("radio").count()
-    page.get_by_role("button", name="New chat", exact=True).click()
-    expect(page.locator("#chat .message-row")).to_have_count(0)
+    ui.new_chat()
     expect(ui.meter).to_contain_text("(0/0 turns)")
     expect(page.locator(".sidebar").get_by_role("radio")).to_have_count(chats + 1)
     # ... and deleting it brings the imported chat back on screen.
