@@ -83,10 +83,17 @@ def stream_v1(base: str, messages: list[dict], client: httpx.Client | None = Non
 
 
 class GradioQueue:
-    """Gradio's browser protocol against a running app (no auth)."""
+    """Gradio's browser protocol against a running app (no auth).
+
+    One instance is one page (or one ``gradio_client.Client``): its events share one session
+    hash, as the browser's do. Gradio builds a session's state (every component's config) on
+    its first request, ~25 ms of the event loop with this UI; a page pays it on load, so a bench
+    that made up a session per call would time that instead of the send.
+    """
 
     def __init__(self, base: str):
         self.base = base
+        self.session = uuid.uuid4().hex[:11]
         self.client = httpx.Client(timeout=None)
         config = self.client.get(f"{base}/config").raise_for_status().json()
         self.prefix = base + config.get("api_prefix", "/gradio_api")
@@ -139,7 +146,7 @@ class GradioQueue:
     def chat_api(self, message: str, system: str, settings: dict) -> Trace:
         """The named ``/chat`` endpoint (what ``gradio_client`` scripts call)."""
         trace = Trace()
-        final = self.stream("chat", [message, [], system, settings], uuid.uuid4().hex[:11], trace)
+        final = self.stream("chat", [message, [], system, settings], self.session, trace)
         trace.text = final[0] if final else ""
         return trace
 
@@ -148,7 +155,7 @@ class GradioQueue:
 
         ``history``: earlier messages put into the conversation before this one (a long chat).
         """
-        session = uuid.uuid4().hex[:11]
+        session = self.session
         trace = Trace()
         out, nbytes = self.predict("submit", [message, None], session)
         trace.total_bytes += nbytes

@@ -54,6 +54,10 @@ def worktree(rev: str, base: Path) -> Path:
     path = base / sha
     if not path.exists():
         subprocess.check_call(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), sha])
+    # One measuring instrument for both trees: this checkout's protocol clients (they only speak
+    # HTTP and Gradio's queue protocol to the app under test; e.g. one session per page, as the
+    # browser does, since this checkout's version).
+    shutil.copy2(ROOT / "bench" / "_clients.py", path / "bench" / "_clients.py")
     return path
 
 

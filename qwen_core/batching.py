@@ -277,7 +277,7 @@ class Batcher:
         and SGLang call chunked prefill), so a 4,000-token prompt does not freeze the
         streams already running for the whole of its prefill.
         """
-        budget = self.pacer.budget()
+        budget = self.pacer.budget(waiting=len(self._prefilling), running=len(self._rows))
         while self._prefilling:
             limit = budget if self._rows else None
             if limit is not None and limit <= 0:

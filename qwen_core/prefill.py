@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 MIN_CHUNK = 16  # a paced chunk is never smaller (tiny chunks waste the prefill's matmul efficiency)
+MAX_SHARE = 4.0  # decode steps of prefill per step at most, however many prompts wait (a gap <= 5 steps)
 
 
 class PrefillPacer:
@@ -14,6 +15,12 @@ class PrefillPacer:
     averages of the decode step's and a prefilled token's seconds: a running stream's gap
     while a long prompt joins stays near ``(1 + share)`` steps on any device (a CPU
     prefills a handful of tokens in one step's time, a GPU hundreds).
+
+    When more prompts wait than rows decode (a burst: eight users sending at once while one
+    reply runs), the share grows with the ratio, up to ``MAX_SHARE`` steps: one decode step
+    serves every running row at once, so each waiting user gets about as much of the
+    machine as each running one, and a burst's first tokens don't wait twice as long as
+    they need. One prompt joining running streams keeps the base share.
     """
 
     def __init__(self, max_tokens: int, share: float):
@@ -21,13 +28,15 @@ class PrefillPacer:
         self.step_s: float | None = None
         self.token_s: float | None = None
 
-    def budget(self) -> int | None:
-        """Tokens for this turn; None: whole prompts (chunking off)."""
+    def budget(self, waiting: int = 1, running: int = 1) -> int | None:
+        """Tokens for this turn, with ``waiting`` prompts queued and ``running`` rows decoding;
+        None: whole prompts (chunking off)."""
         if not self.max_tokens:
             return None
         if not self.share or self.step_s is None or self.token_s is None:
             return self.max_tokens
-        fit = int(self.share * self.step_s / self.token_s)
+        share = max(self.share, min(MAX_SHARE, self.share * waiting / max(1, running)))
+        fit = int(share * self.step_s / self.token_s)
         return max(min(self.max_tokens, MIN_CHUNK), min(self.max_tokens, fit))
 
     def record_step(self, seconds: float) -> None:

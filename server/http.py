@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from gradio.route_utils import CustomCORSMiddleware
 from starlette.routing import Mount
 
+from . import events
 from .auth import Auth
 from .files import UploadRecorder, UploadRegistry, confine_event_files
 from .identity import caller_of, client_address
@@ -153,6 +154,7 @@ def create_app(
     # CORS is ours alone (server.middleware.Cors strips whatever an inner app sets, too).
     gradio_app.user_middleware = [m for m in gradio_app.user_middleware if m.cls is not CustomCORSMiddleware]
     gradio_app.add_exception_handler(RequestValidationError, validation_error)
+    events.install(demo, gradio_app)  # an unknown event: 404, not a 500 and a logged traceback
     _use_our_identity(gradio_app)
 
     # add_middleware puts each new one outside the previous: this reads innermost first.

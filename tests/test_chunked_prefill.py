@@ -130,3 +130,23 @@ def test_chunks_are_paced_to_about_one_decode_step():
     fast.record_step(0.010)
     fast.record_prefill(1000, 0.001)  # a GPU-like prefill: the token cap applies
     assert fast.budget() == 512
+
+
+def test_a_burst_of_prompts_gets_a_larger_share_up_to_the_cap():
+    """More prompts waiting than rows decoding: the share follows the ratio (each waiting user
+    about as much of the machine as each running one), at most MAX_SHARE steps; one prompt
+    joining running streams keeps the base share."""
+    from qwen_core.prefill import MAX_SHARE, PrefillPacer
+
+    pacer = PrefillPacer(max_tokens=100_000, share=1.0)
+    pacer.record_step(0.050)
+    pacer.record_prefill(100, 0.100)  # 1 ms a token, 50 ms a step: one step's share is 50 tokens
+    assert pacer.budget(waiting=1, running=3) == 50
+    assert pacer.budget(waiting=2, running=4) == 50  # never below the base share
+    assert pacer.budget(waiting=3, running=1) == 150
+    assert pacer.budget(waiting=7, running=1) == pacer.budget(waiting=40, running=0) == int(MAX_SHARE * 50)
+    assert PrefillPacer(max_tokens=100_000, share=6.0).budget() is not None
+    big = PrefillPacer(max_tokens=100_000, share=6.0)  # an explicit share above the cap is kept
+    big.record_step(0.050)
+    big.record_prefill(100, 0.100)
+    assert big.budget(waiting=9, running=1) == 300

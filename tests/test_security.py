@@ -386,6 +386,24 @@ def test_validation_errors_do_not_echo_the_body(open_app):
         assert r.status_code == 422 and MARKER not in r.text and "fn_index" in r.text, r.text[:300]
 
 
+def test_an_unknown_event_is_a_clear_404_not_a_500(open_app):
+    """Gradio looks the event up with ``fns[fn_index]``: an unknown one was a KeyError, a 500 and
+    a traceback in the log per request."""
+    before = open_app.output().count("Traceback")
+    with httpx.Client(base_url=open_app.url, timeout=30) as c:
+        for index in (9999, -1):
+            body = {"data": [], "fn_index": index, "session_hash": "s" + uuid.uuid4().hex[:10]}
+            for path in ("/gradio_api/queue/join", "/gradio_api/run/predict"):
+                r = c.post(path, json=body)
+                assert r.status_code == 404 and "Traceback" not in r.text, (path, r.status_code, r.text[:300])
+                assert "event" in r.json()["detail"].lower()
+        r = c.post("/gradio_api/api/no_such_endpoint", json={"data": []})
+        assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+        assert c.get("/healthz").status_code == 200
+    time.sleep(0.5)  # (the log is written by the server process)
+    assert open_app.output().count("Traceback") == before
+
+
 def test_deeply_nested_json_is_a_clear_400(open_app):
     deep = b"[" * 100_000 + b"]" * 100_000
     with httpx.Client(base_url=open_app.url, timeout=60) as c:
