@@ -52,6 +52,8 @@ class _Row:
     generated: int = 0
     cached: int = 0  # tokens whose K/V are in the cache (the last token chosen is fed by the next step)
     alpha: float = 1.0
+    submitted: float = field(default_factory=time.perf_counter)
+    answering: float = float("inf")  # when its first token was out and it joined the batch
 
     @property
     def key(self) -> tuple:
@@ -98,6 +100,7 @@ class _Prefill:
     row: _Row
     cache: DynamicCache | None = None  # None until its prefix-cache lookup ran
     fed: int = 0  # prompt tokens whose K/V are in ``cache``
+    token_s: float | None = None  # seconds per token of its last chunk (paces the next one)
     ended: bool = False  # merged into the batch, finished or failed: leaves the queue
 
 
@@ -271,23 +274,39 @@ class Batcher:
             return admit
 
     def _prefill_some(self) -> None:
-        """Feed queued prompts: all of them while nothing decodes, else ``prefill_chunk`` tokens per step.
+        """Feed queued prompts, first come first served: whole, unless a reply that was already
+        answering when the prompt arrived is decoding; then a paced chunk per loop turn.
 
-        A prompt joining a running batch is fed in chunks between decode steps (what vLLM
+        A prompt joining running streams is fed in chunks between decode steps (what vLLM
         and SGLang call chunked prefill), so a 4,000-token prompt does not freeze the
-        streams already running for the whole of its prefill.
+        streams already being read for the whole of its prefill. Prompts that arrive
+        together (a burst: a class pressing Send at once) owe nothing to each other's
+        streams: none of them was being read when the others arrived, so they are prefilled
+        back to back and the last one's first token is not delayed by decode steps of the
+        first ones (``bench/burst.py``).
         """
-        budget = self.pacer.budget(waiting=len(self._prefilling), running=len(self._rows))
+        budget: int | None = None
         while self._prefilling:
-            limit = budget if self._rows else None
-            if limit is not None and limit <= 0:
-                return
             job = self._prefilling[0]
+            answering = self._answering_before(job.row) if self.pacer.max_tokens else 0  # (0: chunking off)
+            limit = None
+            if answering:
+                if budget is None:
+                    budget = self.pacer.budget(
+                        len(self._prefilling), answering, on_cache=job.fed > 0, token_s=job.token_s
+                    )
+                if budget <= 0:
+                    return
+                limit = budget
             fed = self._advance(job, limit)
             if job.ended:
                 self._prefilling.popleft()
             if limit is not None:
                 budget -= fed
+
+    def _answering_before(self, row: _Row) -> int:
+        """How many decoding rows were already answering when ``row`` was submitted."""
+        return sum(1 for other in self._rows if other.answering < row.submitted)
 
     @torch.inference_mode()
     def _advance(self, job: _Prefill, limit: int | None) -> int:
@@ -306,20 +325,21 @@ class Batcher:
             if job.cache is None:
                 self._start_prefill(job)
             end = n if limit is None else min(n, job.fed + limit)
-            started = time.perf_counter()
+            started, on_cache = time.perf_counter(), job.fed > 0
             logits = self._feed_prompt(row.ids[:, job.fed : end], job.fed, job.cache, row.alpha)
             fed, job.fed = end - job.fed, end
             row.cached = end
             if end < n:
                 if self._device.type == "cuda":
                     torch.cuda.synchronize(self._device)  # the forward was only queued: time the work
-                self.pacer.record_prefill(fed, time.perf_counter() - started)
+                job.token_s = self.pacer.record_prefill(fed, time.perf_counter() - started, on_cache)
                 self.prefill_chunks += 1
                 return fed
-            self.pacer.record_prefill(fed, time.perf_counter() - started)  # (the first token's sync below)
+            self.pacer.record_prefill(fed, time.perf_counter() - started, on_cache)  # (the first token's sync below)
             job.ended = True
             layers = job.cache.layers
             self.prefix.insert(row.prompt, row.alpha, lambda a, b: stack_kv(layers, 0, a, b, self._device))
+            row.answering = time.perf_counter()  # (before its first token can reach a reader)
             if self._take(row, logits):
                 self._end(row)
             else:

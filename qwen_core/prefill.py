@@ -16,8 +16,10 @@ class PrefillPacer:
     while a long prompt joins stays near ``(1 + share)`` steps on any device (a CPU
     prefills a handful of tokens in one step's time, a GPU hundreds).
 
-    When more prompts wait than rows decode (a burst: eight users sending at once while one
-    reply runs), the share grows with the ratio, up to ``MAX_SHARE`` steps: one decode step
+    When more prompts wait than rows decode that were answering before they arrived (eight
+    users sending at once while one reply runs; the batcher prefills prompts that arrived
+    together, with nothing answering yet, whole), the share grows with the ratio, up to
+    ``MAX_SHARE`` steps: one decode step
     serves every running row at once, so each waiting user gets about as much of the
     machine as each running one, and a burst's first tokens don't wait twice as long as
     they need. One prompt joining running streams keeps the base share.
@@ -26,25 +28,43 @@ class PrefillPacer:
     def __init__(self, max_tokens: int, share: float):
         self.max_tokens, self.share = max_tokens, share
         self.step_s: float | None = None
+        # A prompt's first chunk runs attention's causal kernel; a chunk on top of cached K/V
+        # needs an explicit mask, which is 2-3.5x slower per token on a CPU: two estimates,
+        # or the first chunk fed on a cache overshoots its share by that much.
         self.token_s: float | None = None
+        self.cached_token_s: float | None = None
 
-    def budget(self, waiting: int = 1, running: int = 1) -> int | None:
+    def budget(
+        self, waiting: int = 1, running: int = 1, on_cache: bool = False, token_s: float | None = None
+    ) -> int | None:
         """Tokens for this turn, with ``waiting`` prompts queued and ``running`` rows decoding;
-        None: whole prompts (chunking off)."""
+        None: whole prompts (chunking off).
+
+        ``on_cache``: the tokens go on top of cached K/V (a later chunk, or a prompt whose
+        prefix was cached); ``token_s``: the seconds per token this prompt's previous chunk
+        took, the best guess for its next one (the cost per token grows with the context)."""
         if not self.max_tokens:
             return None
-        if not self.share or self.step_s is None or self.token_s is None:
+        per = token_s or (self.cached_token_s if on_cache else None) or self.token_s
+        if not self.share or self.step_s is None or per is None:
             return self.max_tokens
         share = max(self.share, min(MAX_SHARE, self.share * waiting / max(1, running)))
-        fit = int(share * self.step_s / self.token_s)
+        fit = int(share * self.step_s / per)
         return max(min(self.max_tokens, MIN_CHUNK), min(self.max_tokens, fit))
 
     def record_step(self, seconds: float) -> None:
         self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
 
-    def record_prefill(self, tokens: int, seconds: float) -> None:
+    def record_prefill(self, tokens: int, seconds: float, on_cache: bool = False) -> float:
+        """Note a prefill forward of ``tokens`` tokens; returns its seconds per token."""
         per = seconds / max(1, tokens)
-        self.token_s = per if self.token_s is None else 0.7 * self.token_s + 0.3 * per
+        old = self.cached_token_s if on_cache else self.token_s
+        new = per if old is None else 0.7 * old + 0.3 * per
+        if on_cache:
+            self.cached_token_s = new
+        else:
+            self.token_s = new
+        return per
 
 
 def stack_kv(layers, row: int, start: int, end: int, device: torch.device) -> torch.Tensor:

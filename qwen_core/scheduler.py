@@ -128,18 +128,29 @@ class Scheduler:
             if ticket.granted.is_set():
                 return False
             queue = self._waiting.get(ticket.user)
-            if queue and ticket in queue:
+            if queue and ticket in queue:  # (not there: it left already)
                 queue.remove(ticket)
                 if not queue:
                     del self._waiting[ticket.user]
-            self._n_waiting -= 1
+                self._n_waiting -= 1
             return True
 
     def acquire(self, user: str, cancel: threading.Event | None = None) -> None:
         """Wait for a slot (fairly); raises :class:`Busy`, :class:`RateLimited` or :class:`Cancelled`."""
+        ticket = self.enter(user)
+        if ticket is not None:
+            self.wait(ticket, cancel)
+
+    def enter(self, user: str) -> _Ticket | None:
+        """:meth:`acquire` in two steps, for a caller with something to do while it waits (a page
+        shows Stop): None, the slot is held now; else the place in the queue to :meth:`wait` on.
+        Raises :class:`Busy` or :class:`RateLimited` at once."""
         ticket = _Ticket(user)
-        if self._enter(user, ticket):
-            return
+        return None if self._enter(user, ticket) else ticket
+
+    def wait(self, ticket: _Ticket, cancel: threading.Event | None = None) -> None:
+        """Block until ``ticket`` (from :meth:`enter`) holds a slot; raises :class:`Busy` after
+        ``max_wait_s`` or :class:`Cancelled` once ``cancel`` is set (leaving the queue either way)."""
         deadline = time.monotonic() + self.config.max_wait_s
         while not ticket.granted.wait(0.05):
             gave_up = cancel is not None and cancel.is_set()
@@ -149,6 +160,12 @@ class Scheduler:
                 if gave_up:
                     raise Cancelled("Cancelled while waiting for a free slot.")
                 raise Busy("Waited too long for a free slot; the server is overloaded. Try again later.")
+
+    def abandon(self, ticket: _Ticket) -> None:
+        """A waiter that leaves without :meth:`wait` returning (its generator was closed): out of
+        the queue, or the slot it was granted meanwhile given back."""
+        if not self._leave(ticket):
+            self.release()
 
     async def acquire_async(self, user: str, cancel: threading.Event | None = None) -> None:
         """:meth:`acquire` for the event loop: waits without holding a thread (same queue, limits and errors).

@@ -183,7 +183,10 @@ def test_chat_logprobs_streamed_equal_non_streamed(client):
 
 
 def test_n_choices_use_seed_plus_index(client):
-    kw = {"temperature": 1.0, "max_tokens": 8, "seed": 11}
+    # top_k: the n choices decode as one batch, and on some CPUs a linear layer over 2 rows rounds
+    # differently from one row (torch 2.13 CPU, AVX2: up to 8e-6, measured); a draw over the random
+    # model's flat 151,643-token distribution can turn that into another token. The seeds are tested.
+    kw = {"temperature": 1.0, "max_tokens": 8, "seed": 11, "extra_body": {"top_k": 20}}
     both = _chat(client, n=2, **kw)
     one = _chat(client, **kw).choices[0].message.content
     two = _chat(client, **{**kw, "seed": 12}).choices[0].message.content

@@ -10,6 +10,8 @@ per-request ``generate`` reference.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from reference_qwen1 import ReferenceQwen1
@@ -99,6 +101,28 @@ def test_a_long_prompt_joining_a_running_batch_is_prefilled_in_chunks_and_exact(
         assert _tokens(engine, joining_q, history, max_new_tokens=16, **sampled) == want_joining
 
 
+def test_prompts_arriving_together_are_prefilled_whole_first_come_first_served(pair):
+    """A burst (several users pressing Send at once, nothing answering yet) owes no decode
+    steps to its own first replies: each prompt is prefilled whole, back to back, and every
+    reply is still exact. Chunks are only for prompts joining streams already being read."""
+    engine, alone = pair["chunked"], pair["alone"]
+    queries = [f"Question {k}: " + "tell me about the northern lights and the sea, " * 4 for k in range(3)]
+    want = [_tokens(alone, q, max_new_tokens=8, do_sample=False) for q in queries]
+    chunks = engine.batcher.stats()["prefill_chunks"]
+    release = threading.Event()
+    # Hold the worker between turns so all three are queued before any of them is answered.
+    holder = threading.Thread(target=engine.batcher.run_exclusive, args=(lambda: release.wait(30),))
+    holder.start()
+    streams = [engine.stream_chat(q, max_new_tokens=8, do_sample=False) for q in queries]
+    release.set()
+    holder.join(30)
+    for stream, expected in zip(streams, want, strict=True):
+        stream.text()
+        assert stream.result.token_ids == expected
+    assert len(engine.build_prompt(queries[0], [])) > 6 * 5  # long enough to be cut into chunks
+    assert engine.batcher.stats()["prefill_chunks"] == chunks, "a burst's prompts were chunked"
+
+
 def test_a_cancelled_prompt_leaves_the_prefill_queue(pair):
     engine = pair["chunked"]
     runner = engine.stream_chat("Go on", max_new_tokens=60, do_sample=False)
@@ -150,3 +174,21 @@ def test_a_burst_of_prompts_gets_a_larger_share_up_to_the_cap():
     big.record_step(0.050)
     big.record_prefill(100, 0.100)
     assert big.budget(waiting=9, running=1) == 300
+
+
+def test_a_chunk_on_cached_kv_is_paced_by_its_own_cost():
+    """The first chunk runs the causal kernel, later ones attend to cached K/V through an
+    explicit mask (slower per token): each kind has its estimate, and a prompt's own last
+    chunk is the best guess for its next one; sizing chunk 2 by chunk 1's speed overshoots."""
+    from qwen_core.prefill import PrefillPacer
+
+    pacer = PrefillPacer(max_tokens=100_000, share=1.0)
+    pacer.record_step(0.050)
+    assert pacer.record_prefill(100, 0.050) == 0.0005  # a fresh prompt: 0.5 ms a token
+    assert pacer.budget() == 100
+    assert pacer.budget(on_cache=True) == 100  # nothing measured on a cache yet: the fresh estimate
+    pacer.record_prefill(50, 0.100, on_cache=True)  # 2 ms a token on top of a cache
+    assert pacer.budget(on_cache=True) == 25
+    assert pacer.budget() == 100  # fresh prompts are still paced by their own speed
+    assert pacer.budget(on_cache=True, token_s=0.005) == 16  # this prompt's last chunk: 5 ms a token (MIN_CHUNK)
+    assert pacer.budget(on_cache=True, token_s=0.001) == 50

@@ -308,7 +308,8 @@ def test_model_switch_keeps_previous_on_failure(engine, ckpt_dir):
 def test_busy_session_refuses_a_second_reply_and_stop_commits_the_partial_one(service):
     store = service.add_user_message(empty_store(), "long please")
     gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "busy")
-    next(gen)
+    next(gen)  # accepted (prefilling)
+    next(gen)  # its first token
     assert service.is_busy("busy") and not service.is_busy("someone-else")
     other = service.add_user_message(empty_store(), "meanwhile")
     with pytest.raises(ChatInputError, match="still being generated"):
@@ -319,6 +320,24 @@ def test_busy_session_refuses_a_second_reply_and_stop_commits_the_partial_one(se
     assert not service.is_busy("busy")
     reply = service.active(saved)["messages"][-1]
     assert reply["role"] == "assistant" and reply["content"] and reply.get("stopped")
+
+
+def test_stop_before_the_first_token_is_offered_at_once_and_keeps_no_empty_reply(service):
+    """The first update comes as soon as the reply is accepted, before any token (a long prompt
+    prefills for seconds on a CPU): the page shows Stop from then on. Stopped there, the chat
+    keeps the user's message and no empty reply."""
+    store = service.add_user_message(empty_store(), "A question " * 40)
+    gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "early")
+    _, stats = next(gen)
+    assert stats.waiting and stats.tokens == 0 and stats.ttft_s is None
+    assert service.is_busy("early")
+    service.cancel("early")
+    gen.close()  # what Gradio does to the cancelled event
+    saved = service.wait_idle("early", timeout=30)
+    assert [m["role"] for m in service.active(saved)["messages"]] == ["user"]
+    _, stats = _reply(service, saved, session="early")  # the question is answered on the next try
+    assert stats.finish_reason in ("length", "stop") and not stats.waiting
+    assert [m["role"] for m in service.active(saved)["messages"]] == ["user", "assistant"]
 
 
 def test_persona_example_dialogue_leads_the_history(service, engine):
@@ -349,3 +368,55 @@ def test_model_tab_shows_the_prefix_cache(service):
     stats = service.manager.engine.batcher.stats()["prefix_cache"]
     assert stats["hits"] >= 1 and f"{stats['tokens_reused']:,} tokens reused" in text
     assert service.manager.status()["prefix_cache"] in text
+
+
+def test_the_page_gets_stop_before_the_first_token(manager, personas):
+    """Handlers.respond's first update enables Stop (and hides Send) while the chat itself is left
+    as it is; the text follows with the tokens, and the last update gives Send back."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from ui.handlers import Handlers
+
+    h = Handlers(ChatService(manager, personas))
+    store = h.service.add_user_message(h.service.ensure_store(None), "Hello")
+    request = gr.Request(username=None, session_hash="early-stop", client=SimpleNamespace(host="10.0.0.2"))
+    outputs = list(h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request))
+    first, last = outputs[0], outputs[-1]
+    skip = gr.skip()
+    assert first[0] == skip and first[1] == skip  # store and chat untouched: nothing to show yet
+    assert first[3]["interactive"] is True and first[3]["visible"] is True  # Stop
+    assert first[4]["visible"] == "hidden"  # Send
+    assert outputs[1][1][-1]["role"] == "assistant"  # then the reply streams
+    assert last[3]["interactive"] is False and last[4]["visible"] is True
+
+
+def test_a_queued_reply_offers_stop_while_it_waits_and_leaves_the_queue_when_stopped(manager, personas):
+    """One slot, taken: a second user's reply is accepted into the queue and says so at once
+    (the page shows Stop); closed there (Stop), it leaves the queue, and a later one still runs."""
+    from qwen_core.scheduler import Scheduler, SchedulerConfig
+
+    scheduler = Scheduler(SchedulerConfig(max_concurrent=1))
+    service = ChatService(manager, personas, scheduler=scheduler)
+    busy = service.add_user_message(empty_store(), "Talk a lot")
+    running = service.stream_reply(busy, "S", {"do_sample": False, "max_new_tokens": 4000}, "a", user="alice")
+    next(running)
+    waiting = service.add_user_message(empty_store(), "me too")
+    queued = service.stream_reply(waiting, "S", GREEDY, "b", user="bob")
+    _, stats = next(queued)
+    assert stats.waiting and scheduler.stats()["waiting"] == 1
+    queued.close()
+    assert scheduler.stats()["waiting"] == 0 and not service.is_busy("b")
+    assert [m["role"] for m in service.active(waiting)["messages"]] == ["user"]
+    again = service.stream_reply(waiting, "S", GREEDY, "b", user="bob")
+    _, stats = next(again)
+    assert stats.waiting  # queued again behind alice
+    service.cancel("a")
+    running.close()
+    final = [s for _, s in again][-1]  # alice's slot passed on: bob's reply runs to its end
+    assert final.finish_reason in ("length", "stop") and scheduler.stats() == {
+        "active": 0,
+        "waiting": 0,
+        "max_concurrent": 1,
+    }

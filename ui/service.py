@@ -53,6 +53,7 @@ class ReplyStats:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     seed: int | None = None
+    waiting: bool = False  # the reply was accepted and its prompt is prefilling: no token yet
 
 
 @dataclass
@@ -207,13 +208,28 @@ class ChatService(StoreEdits):
         session.store = store
         session.idle.clear()  # busy from here, also while queued for a slot
         try:
-            self.scheduler.acquire(user or session_id, cancel)
+            ticket = self.scheduler.enter(user or session_id)
         except Busy as exc:
             session.idle.set()
             raise ChatInputError(str(exc)) from None
         except BaseException:
             session.idle.set()
             raise
+        if ticket is not None:  # queued behind other replies: the page shows Stop while it waits
+            try:
+                yield store, ReplyStats(waiting=True)
+            except BaseException:  # the generator was closed (Stop) while queued
+                self.scheduler.abandon(ticket)
+                session.idle.set()
+                raise
+            try:
+                self.scheduler.wait(ticket, cancel)
+            except Busy as exc:
+                session.idle.set()
+                raise ChatInputError(str(exc)) from None
+            except BaseException:
+                session.idle.set()
+                raise
         if target is None and (msgs[-1]["role"] == "tool" or (tools is not None and tools.active)):
             yield from self._tool_reply(
                 engine, store, system, gen, list(examples or []), tools or ToolSet(), session, cancel
@@ -236,6 +252,12 @@ class ChatService(StoreEdits):
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
         try:
+            # Once before the first token: the prompt may take long to prefill (seconds on a CPU,
+            # minutes for a long chat without the cache), and the page shows Stop from here on,
+            # not from the first token. (The model is already at work: this costs it nothing.)
+            stats.waiting = True
+            yield store, stats
+            stats.waiting = False
             for piece in coalesced(stream, self.limits.updates_per_second):
                 reply["content"] += piece
                 stats.tokens = stream.tokens_so_far
@@ -244,7 +266,11 @@ class ChatService(StoreEdits):
                 yield store, stats
         finally:
             stream.close()
-            self._settle(conv, reply, stream.result, stats, extended=target is not None, answered=answered)
+            if target is None and not reply["content"] and stream.result.finish_reason == "cancelled":
+                conv["messages"].remove(reply)  # stopped before its first token: nothing to keep
+                stats.finish_reason = "cancelled"
+            else:
+                self._settle(conv, reply, stream.result, stats, extended=target is not None, answered=answered)
             self._touch(conv)
             session.idle.set()
             self.scheduler.release()
