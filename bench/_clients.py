@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 import httpx
 
 
+def _carries_text(part) -> bool:
+    """Whether one output of a streamed update carries reply text: a whole chat value with an
+    assistant message that has text, a non-empty string, or a non-empty diff of either."""
+    if isinstance(part, list) and part and isinstance(part[0], dict):  # a whole Chatbot value
+        return any(m.get("role") == "assistant" and m.get("content") for m in part)
+    return bool(part)
+
+
 @dataclass
 class Trace:
     """One streamed reply as the client saw it."""
@@ -109,8 +117,11 @@ class GradioQueue:
         resp = self.client.post(f"{self.prefix}/run/predict", json=body).raise_for_status()
         return resp.json()["data"], len(resp.content)
 
-    def stream(self, api_name: str, data: list, session: str, trace: Trace) -> list:
-        """Run a queued (streaming) event; content updates go into ``trace``; returns the final outputs."""
+    def stream(self, api_name: str, data: list, session: str, trace: Trace, content: int | None = None) -> list:
+        """Run a queued (streaming) event; content updates go into ``trace``; returns the final outputs.
+
+        ``content``: the output that carries the reply's text; an update that leaves it unchanged (the
+        UI's first update, which only shows Stop) is not content. None: every update counts."""
         body = {"data": data, "fn_index": self.fn[api_name], "session_hash": session, "event_data": None}
         body["trigger_id"] = None
         self.client.post(f"{self.prefix}/queue/join", json=body).raise_for_status()
@@ -131,7 +142,8 @@ class GradioQueue:
                     if kind in ("estimation", "process_starts") and kind not in trace.marks:
                         trace.mark(kind)
                     if kind == "process_generating":
-                        trace.add(len(event) + 2)
+                        if content is None or _carries_text(msg["output"]["data"][content]):
+                            trace.add(len(event) + 2)
                     elif kind == "process_completed":
                         if not msg.get("success", True):
                             raise RuntimeError(f"gradio event failed: {msg.get('output')}")
@@ -146,7 +158,7 @@ class GradioQueue:
     def chat_api(self, message: str, system: str, settings: dict) -> Trace:
         """The named ``/chat`` endpoint (what ``gradio_client`` scripts call)."""
         trace = Trace()
-        final = self.stream("chat", [message, [], system, settings], self.session, trace)
+        final = self.stream("chat", [message, [], system, settings], self.session, trace, content=0)
         trace.text = final[0] if final else ""
         return trace
 
@@ -165,7 +177,7 @@ class GradioQueue:
             conv = next(c for c in store["conversations"] if c["id"] == store["active"])
             conv["messages"] = [*history, *conv["messages"]]
         data = [store, system, False, "[]", *settings]
-        final = self.stream("respond", data + self.defaults["respond"][len(data) :], session, trace)
+        final = self.stream("respond", data + self.defaults["respond"][len(data) :], session, trace, content=1)
         conv = next(c for c in final[0]["conversations"] if c["id"] == final[0]["active"])
         trace.text = conv["messages"][-1]["content"]
         stats = re.search(r"\*\*(\d+)\*\* tokens", str(final[2]))  # the reply's stats line

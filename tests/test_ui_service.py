@@ -384,8 +384,8 @@ def test_the_page_gets_stop_before_the_first_token(manager, personas):
     request = gr.Request(username=None, session_hash="early-stop", client=SimpleNamespace(host="10.0.0.2"))
     outputs = list(h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request))
     first, last = outputs[0], outputs[-1]
-    skip = gr.skip()
-    assert first[0] == skip and first[1] == skip  # store and chat untouched: nothing to show yet
+    assert first[0] == gr.skip()  # the store goes at the end
+    assert [m["role"] for m in first[1]] == ["user"]  # the chat as the user left it: no empty reply
     assert first[3]["interactive"] is True and first[3]["visible"] is True  # Stop
     assert first[4]["visible"] == "hidden"  # Send
     assert outputs[1][1][-1]["role"] == "assistant"  # then the reply streams

@@ -196,17 +196,17 @@ class Handlers(ChatListHandlers, MeterHandlers, ModelHandlers, PersonaHandlers):
             streaming = self.streaming_buttons(True)
             meter_at, meter = 0.0, ""
             for _, stats in replies:
-                if stats.waiting:  # accepted, prefilling: Stop now (the chat shows nothing new yet)
-                    yield gr.skip(), gr.skip(), gr.skip(), *streaming, gr.skip()
-                    continue
                 stats_text = self.stats_markdown(stats)
                 if time.monotonic() - meter_at >= METER_EVERY_S:  # the reply so far counts as history
                     meter_at = time.monotonic()
                     meter = self.meter(store, system, "", in_first_turn, window, examples)[0]
+                shown = conv["messages"]
+                if stats.waiting and shown and shown[-1]["role"] == "assistant" and not shown[-1]["content"]:
+                    shown = shown[:-1]  # accepted, no text yet: Stop now, the chat as the user left it
                 # The meter as a value even when unchanged, not gr.skip(): a skip makes Gradio rebuild
                 # the component for every update (~1.6 ms a yield), an unchanged value streams as an
                 # empty diff (no bytes).
-                yield gr.skip(), to_chatbot(conv["messages"]), stats_text, *streaming, meter
+                yield gr.skip(), to_chatbot(shown), stats_text, *streaming, meter
         except USER_ERRORS as exc:
             notify_warning(str(exc), duration=10)
             # The note stays in the chat in the language it was shown in (an event row: never sent).
