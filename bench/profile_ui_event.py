@@ -48,11 +48,7 @@ def _serve(argv: list[str]) -> None:
         first = True
         for out in respond(self, *args, **kwargs):
             if first:
-                now = time.perf_counter()
-                probe("handler_first_yield", 1e3 * (now - start))
-                if "piece" in marks:
-                    probe("engine_call", 1e3 * (marks["engine"] - start))
-                    probe("first_piece", 1e3 * (marks["piece"] - start))
+                probe("handler_first_yield", 1e3 * (time.perf_counter() - start))
                 first = False
             yield out
 
@@ -61,7 +57,8 @@ def _serve(argv: list[str]) -> None:
 
     def timed_stream_messages(self, *args, **kwargs):
         stream = stream_messages(self, *args, **kwargs)
-        marks["engine"] = time.perf_counter()
+        if "call" in marks:
+            probe("engine_call", 1e3 * (time.perf_counter() - marks["call"]))
         return stream
 
     engine_mod.Engine.stream_messages = timed_stream_messages
@@ -69,7 +66,9 @@ def _serve(argv: list[str]) -> None:
 
     def timed_coalesced(stream, *args):
         for piece in coalesced(stream, *args):
-            marks.setdefault("piece", time.perf_counter())
+            if "piece" not in marks and "call" in marks:
+                marks["piece"] = time.perf_counter()
+                probe("first_piece", 1e3 * (marks["piece"] - marks["call"]))
             yield piece
 
     service.coalesced = timed_coalesced
@@ -122,7 +121,7 @@ def main() -> None:
         samples: dict[str, list[float]] = {}
         for m in re.finditer(r"^PROBE (\S+) ([\d.]+)$", log.read_text(), re.M):
             samples.setdefault(m.group(1), []).append(float(m.group(2)))
-    order = ("preprocess", "engine_call", "first_piece", "handler_first_yield", "postprocess_first", "postprocess")
+    order = ("preprocess", "engine_call", "handler_first_yield", "postprocess_first", "first_piece", "postprocess")
     meaning = {
         "preprocess": "the event's inputs into handler arguments (one thread hop per input)",
         "engine_call": "handler start -> the engine has the prompt",
