@@ -207,29 +207,7 @@ class ChatService(StoreEdits):
         gen = {k: v for k, v in (settings or {}).items() if v is not None}
         session.store = store
         session.idle.clear()  # busy from here, also while queued for a slot
-        try:
-            ticket = self.scheduler.enter(user or session_id)
-        except Busy as exc:
-            session.idle.set()
-            raise ChatInputError(str(exc)) from None
-        except BaseException:
-            session.idle.set()
-            raise
-        if ticket is not None:  # queued behind other replies: the page shows Stop while it waits
-            try:
-                yield store, ReplyStats(waiting=True)
-            except BaseException:  # the generator was closed (Stop) while queued
-                self.scheduler.abandon(ticket)
-                session.idle.set()
-                raise
-            try:
-                self.scheduler.wait(ticket, cancel)
-            except Busy as exc:
-                session.idle.set()
-                raise ChatInputError(str(exc)) from None
-            except BaseException:
-                session.idle.set()
-                raise
+        yield from self._take_slot(user or session_id, cancel, session, store)
         if target is None and (msgs[-1]["role"] == "tool" or (tools is not None and tools.active)):
             yield from self._tool_reply(
                 engine, store, system, gen, list(examples or []), tools or ToolSet(), session, cancel
@@ -275,6 +253,26 @@ class ChatService(StoreEdits):
             session.idle.set()
             self.scheduler.release()
         yield store, stats
+
+    def _take_slot(self, user: str, cancel: threading.Event, session: _Session, store: dict) -> Iterator:
+        """A generation slot for ``session``'s reply; yields once, before waiting, if it has to queue
+        (the page shows Stop while it waits). A refusal becomes :class:`ChatInputError`; on any
+        failure, a close (Stop) while queued included, the session is idle again."""
+        try:
+            ticket = self.scheduler.enter(user)
+            if ticket is not None:
+                try:
+                    yield store, ReplyStats(waiting=True)
+                except BaseException:  # closed while queued: out of the queue (or the slot back)
+                    self.scheduler.abandon(ticket)
+                    raise
+                self.scheduler.wait(ticket, cancel)
+        except Busy as exc:
+            session.idle.set()
+            raise ChatInputError(str(exc)) from None
+        except BaseException:
+            session.idle.set()
+            raise
 
     @staticmethod
     def _settle(conv: dict, reply: dict, res, stats: ReplyStats, extended: bool, answered: dict | None) -> None:

@@ -173,20 +173,27 @@ class AppServer:
         return re.findall(r"Traceback \(most recent call last\):.*?(?=\n\S|\Z)", text, flags=re.S)
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """The one app server all browser tests share (each test uses its own browser context)."""
+def started_server(tmp_path_factory, name: str, *extra_args: str) -> AppServer:
+    """A started ``app.py`` of its own: a fresh tiny checkpoint and data dir under a temporary
+    folder called ``name``, and ``extra_args``; the caller stops it."""
     sys.path.insert(0, str(ROOT / "tests"))
     from qwen1_checkpoint import Shape, write_checkpoint
 
-    base = tmp_path_factory.mktemp("browser-app")
+    base = tmp_path_factory.mktemp(name)
     model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
-    server = AppServer(model, base / "data", base)
+    server = AppServer(model, base / "data", base, extra_args=extra_args)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The one app server all browser tests share (each test uses its own browser context)."""
+    server = started_server(tmp_path_factory, "browser-app")
     yield server
     server.stop()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for log in base.glob("app-*.log"):  # keep the server logs next to the screenshots
+    for log in server.log_dir.glob("app-*.log"):  # keep the server logs next to the screenshots
         shutil.copy(log, ARTIFACTS / log.name)
 
 

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
 
 from chat_ui import ChatUI
-from conftest import AppServer
+from conftest import started_server
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -21,12 +21,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def one_slot_server(tmp_path_factory):
     """An app that generates one reply at a time (--concurrency 1)."""
-    from qwen1_checkpoint import Shape, write_checkpoint
-
-    base = tmp_path_factory.mktemp("one-slot-app")
-    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
-    server = AppServer(model, base / "data", base, extra_args=("--concurrency", "1"))
-    server.start()
+    server = started_server(tmp_path_factory, "one-slot-app", "--concurrency", "1")
     yield server
     server.stop()
 

@@ -3,14 +3,12 @@ key (any user name), and then works on the login cookie: a chat runs, nothing is
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
 
 from chat_ui import ChatUI
-from conftest import ROOT, AppServer
+from conftest import started_server
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -20,13 +18,7 @@ KEY = "sk-browser-key-1"
 
 @pytest.fixture(scope="module")
 def key_server(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from qwen1_checkpoint import Shape, write_checkpoint
-
-    base = tmp_path_factory.mktemp("browser-key")
-    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
-    server = AppServer(model, base / "data", base, extra_args=("--api-key", KEY))
-    server.start()
+    server = started_server(tmp_path_factory, "browser-key", "--api-key", KEY)
     yield server
     server.stop()
     assert not server.errors_in_log(), server.errors_in_log()

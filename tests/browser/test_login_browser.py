@@ -3,14 +3,12 @@ it, and two logged-in users chat at once without seeing each other's chats."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
 
 from chat_ui import ChatUI
-from conftest import ROOT, AppServer
+from conftest import started_server
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -20,14 +18,8 @@ USERS = {"ann": "ann-pw-1", "bob": "bob-pw-2", "cy": "cy-pw-3"}
 
 @pytest.fixture(scope="module")
 def login_server(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from qwen1_checkpoint import Shape, write_checkpoint
-
-    base = tmp_path_factory.mktemp("browser-login")
-    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
     auth = ",".join(f"{u}:{p}" for u, p in USERS.items())
-    server = AppServer(model, base / "data", base, extra_args=("--auth", auth, "--server-history"))
-    server.start()
+    server = started_server(tmp_path_factory, "browser-login", "--auth", auth, "--server-history")
     yield server
     server.stop()
     assert not server.errors_in_log(), server.errors_in_log()

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
 
 from chat_ui import ChatUI
-from conftest import AppServer
+from conftest import started_server
 from playwright.sync_api import expect
 
 from ui.store_ref import RESYNC_MESSAGE
@@ -64,12 +64,7 @@ def test_a_send_in_a_long_chat_uploads_a_reference_not_the_chats(page, base_url,
 @pytest.fixture(scope="module")
 def no_cache_server(tmp_path_factory):
     """An app that keeps only the latest browser's store (--store-cache-mb 0)."""
-    from qwen1_checkpoint import Shape, write_checkpoint
-
-    base = tmp_path_factory.mktemp("store-ref-app")
-    model = write_checkpoint(base / "tiny-qwen", Shape(), "float32")
-    server = AppServer(model, base / "data", base, extra_args=("--store-cache-mb", "0"))
-    server.start()
+    server = started_server(tmp_path_factory, "store-ref-app", "--store-cache-mb", "0")
     yield server
     server.stop()
 
