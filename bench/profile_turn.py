@@ -3,8 +3,8 @@
     python bench/profile_turn.py [--model 1.8b] [--history 1000] [--new 100] [--turns 4]
 
 A prompt of ``--history`` random tokens is answered once (its K/V go into the prefix cache), then
-``--turns`` follow-ups each add ``--new`` tokens to the previous prompt. Per follow-up: the TTFT and the
-wall time of the worker's pieces (the prefix-cache lookup and its copy, the model forward of the new
+``--turns`` follow-ups each add ``--new`` tokens to the previous prompt. Then the last prompt is regenerated twice
+(TTFT against the decode step of that reply). Per turn: the TTFT and the wall time of the worker's pieces (the prefix-cache lookup and its copy, the model forward of the new
 tokens, storing them, the first token's sampling), timed by wrapping those methods. Prints; writes nothing.
 """
 
@@ -65,6 +65,19 @@ def main() -> None:
             ttft = stream.result.time_to_first_token_s
         parts = ", ".join(f"{k} {1e3 * v[0]:.1f}" for k, v in times.items())
         print(f"follow-up {turn + 1}: prompt {len(prompt)} tokens, TTFT {1e3 * ttft:.0f} ms; first call ms: {parts}")
+    # Regenerate: the last prompt again (all of it is cached; its last token is fed again).
+    long = engine.settings(do_sample=False, max_new_tokens=9)
+    for attempt in range(2):
+        times.clear()
+        with engine.stream_prompt(prompt, long) as stream:
+            stream.text()
+            result = stream.result
+        step = (result.elapsed_s - result.time_to_first_token_s) / max(1, len(result.token_ids) - 1)
+        parts = ", ".join(f"{k} {1e3 * v[0]:.1f}" for k, v in times.items())
+        print(
+            f"regenerate {attempt + 1}: TTFT {1e3 * result.time_to_first_token_s:.0f} ms = "
+            f"{result.time_to_first_token_s / step:.2f} decode steps of {1e3 * step:.0f} ms; first call ms: {parts}"
+        )
     engine.unload_worker()
 
 

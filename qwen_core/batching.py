@@ -29,11 +29,19 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .memory import Trimmer
-from .prefill import PrefillPacer, stack_kv
+from .prefill import PrefillPacer, seeded_cache, stack_kv
 from .prefix_cache import PrefixCache, default_capacity_bytes
 from .sampling import RowSampler, sample_rows
 
 log = logging.getLogger(__name__)
+
+# Prompts submitted within this many seconds of each other are one burst (a class pressing Send
+# together): none owes the others' first replies a steady pace, they are prefilled whole, first
+# come first served. Over HTTP such a burst reaches the worker spread over tens of milliseconds, and
+# on a fast prefill (a GPU, a small model) the first reply is already answering when the last
+# prompt arrives; pacing those prompts against it made the burst's first tokens wait up to 2.6x
+# longer (bench/side_by_side.py, 8 users). A stream running longer than this is protected.
+BURST_WINDOW_S = 0.25
 
 
 @dataclass(eq=False)
@@ -275,7 +283,8 @@ class Batcher:
 
     def _prefill_some(self) -> None:
         """Feed queued prompts, first come first served: whole, unless a reply that was already
-        answering when the prompt arrived is decoding; then a paced chunk per loop turn.
+        answering when the prompt arrived (and was not sent with it, :data:`BURST_WINDOW_S`) is
+        decoding; then a paced chunk per loop turn.
 
         A prompt joining running streams is fed in chunks between decode steps (what vLLM
         and SGLang call chunked prefill), so a 4,000-token prompt does not freeze the
@@ -305,8 +314,10 @@ class Batcher:
                 budget -= fed
 
     def _answering_before(self, row: _Row) -> int:
-        """How many decoding rows were already answering when ``row`` was submitted."""
-        return sum(1 for other in self._rows if other.answering < row.submitted)
+        """How many decoding rows ``row`` owes a steady pace: already answering when it was
+        submitted, and not sent together with it (more than :data:`BURST_WINDOW_S` earlier)."""
+        since = row.submitted - BURST_WINDOW_S
+        return sum(1 for other in self._rows if other.answering < row.submitted and other.submitted < since)
 
     @torch.inference_mode()
     def _advance(self, job: _Prefill, limit: int | None) -> int:
@@ -337,10 +348,13 @@ class Batcher:
                 return fed
             self.pacer.record_prefill(fed, time.perf_counter() - started, on_cache)  # (the first token's sync below)
             job.ended = True
+            row.answering = time.perf_counter()  # (before its first token can reach a reader)
+            ended = self._take(row, logits)
+            # Stored after the first token is out: copying a fresh prompt's K/V into the tree
+            # (1.8B bf16: ~200 KB per token) is not the user's wait for that token.
             layers = job.cache.layers
             self.prefix.insert(row.prompt, row.alpha, lambda a, b: stack_kv(layers, 0, a, b, self._device))
-            row.answering = time.perf_counter()  # (before its first token can reach a reader)
-            if self._take(row, logits):
+            if ended:
                 self._end(row)
             else:
                 self._merge(row, job.cache)
@@ -383,11 +397,7 @@ class Batcher:
         if self.steps is not None:  # copied into the bucket's static cache
             job.cache, job.fed = self.steps.cache_for(n + row.max_new, kv), reused
             return
-        cache = DynamicCache(config=self.model.config)
-        for layer, device, (keys, values) in zip(cache.layers, self._layer_devices, kv, strict=False):
-            keys, values = keys.to(device), values.to(device)  # no-op on one device
-            layer.lazy_initialization(keys, values)
-            layer.keys, layer.values = keys, values  # fresh copies: the tree is never touched
+        cache = seeded_cache(self.model.config, kv, self._layer_devices)
         cache.qwen_prompt_alphas = cache.qwen_ntk_alphas = tuple(alphas)
         job.cache, job.fed = cache, reused
 

@@ -78,9 +78,12 @@ class CompiledSteps:
         self.compile_seconds: dict[int, float] = {}  # bucket -> its first decode step's time (the compile)
 
     def cache_for(self, needed: int, prefix_kv) -> object:
-        """A reset static cache of the bucket for ``needed`` tokens, holding ``prefix_kv`` (per layer
-        ``(keys, values)`` of the prompt's cached prefix, possibly empty) at its first positions."""
+        """A reset static cache of the bucket for ``needed`` tokens, holding ``prefix_kv`` (the
+        prompt's cached prefix as :meth:`~qwen_core.prefix_cache.PrefixCache.match`'s pieces,
+        possibly none) at its first positions."""
         from transformers import StaticCache
+
+        from .prefix_cache import layer_pieces
 
         bucket = cache_bucket(needed, self.settings.min_cache, self.context_length)
         cache = self._caches.get(bucket)
@@ -88,13 +91,16 @@ class CompiledSteps:
             cache = self._caches[bucket] = StaticCache(config=self.model.config, max_cache_len=bucket)
         else:
             cache.reset()
-        for layer, (keys, values) in zip(cache.layers, prefix_kv, strict=False):
-            if not layer.is_initialized:
-                layer.lazy_initialization(keys, values)
-            n = keys.shape[-2]
-            layer.keys[:, :, :n].copy_(keys)
-            layer.values[:, :, :n].copy_(values)
-            layer.cumulative_length.fill_(n)
+        for i, layer in enumerate(cache.layers if prefix_kv else ()):
+            pos = 0
+            for keys, values in zip(*layer_pieces(prefix_kv, i), strict=True):
+                if not layer.is_initialized:
+                    layer.lazy_initialization(keys, values)
+                n = keys.shape[-2]
+                layer.keys[:, :, pos : pos + n].copy_(keys)
+                layer.values[:, :, pos : pos + n].copy_(values)
+                pos += n
+            layer.cumulative_length.fill_(pos)
         cache.qwen_bucket = bucket
         return cache
 

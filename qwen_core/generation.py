@@ -55,6 +55,7 @@ class QwenStreamer(TextIteratorStreamer):
         self.token_ids: list[int] = []
         self.first_token_at: float | None = None
         self.stopped_on: int | None = None
+        self.started = threading.Event()  # the first token is out, or the reply ended without one
 
     def put(self, value: torch.Tensor) -> None:
         """Receive new token ids from ``generate`` (the prompt first, which is skipped)."""
@@ -65,6 +66,7 @@ class QwenStreamer(TextIteratorStreamer):
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+            self.started.set()
         pieces = []
         for token in value.reshape(-1).tolist():
             self.token_ids.append(token)
@@ -80,6 +82,7 @@ class QwenStreamer(TextIteratorStreamer):
         """Flush a trailing partial character (as U+FFFD, like the original's errors='replace')."""
         tail = self._decoder.decode(b"", final=True)
         self.on_finalized_text(tail, stream_end=True)
+        self.started.set()
 
 
 class ReplyStream(Iterator[str]):
@@ -195,6 +198,10 @@ class ReplyStream(Iterator[str]):
             res.finish_reason = "cancelled"
         else:
             res.finish_reason = "length"  # max_new_tokens, or the model's context, ran out
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first token (or the end); True once it is there."""
+        return self._streamer.started.wait(timeout)
 
     def ready_pieces(self) -> list[str]:
         """The pieces already generated, taken without waiting (see :func:`qwen_core.text.coalesced`)."""

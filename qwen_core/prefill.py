@@ -1,8 +1,13 @@
-"""Pieces of the decode worker's prefill: pacing chunked prefill, and reading one row's K/V out of a cache."""
+"""Pieces of the decode worker's prefill: pacing chunked prefill, a cache that starts from a
+cached prefix, and reading one row's K/V out of a cache."""
 
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from .prefix_cache import layer_pieces
 
 MIN_CHUNK = 16  # a paced chunk is never smaller (tiny chunks waste the prefill's matmul efficiency)
 MAX_SHARE = 4.0  # decode steps of prefill per step at most, however many prompts wait (a gap <= 5 steps)
@@ -73,3 +78,42 @@ def stack_kv(layers, row: int, start: int, end: int, device: torch.device) -> to
     return torch.stack(
         [torch.stack((layer.keys[row, :, start:end], layer.values[row, :, start:end])).to(device) for layer in layers]
     )
+
+
+class _SeededLayer(DynamicLayer):
+    """A cache layer that starts from a cached prefix's pieces (views of the prefix cache's
+    tensors) and joins them with the first new keys in one concatenation: the prefix is copied
+    once, by the forward that needs it whole anyway, instead of once more up front (1.8B bf16:
+    ~400 MB per 2,000 tokens of history, a good part of a regenerate's first-token time)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], device: torch.device):
+        super().__init__()
+        self._pending = ([k.to(device) for k in keys], [v.to(device) for v in values])  # no-op on one device
+        self._pending_len = sum(k.shape[-2] for k in keys)
+        self.dtype, self.device = keys[0].dtype, device
+        self.keys = self.values = None
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self._pending is not None:
+            keys, values = self._pending
+            self._pending = None
+            # torch.cat always allocates: the tree's tensors are read, never written.
+            self.keys = torch.cat([*keys, key_states], dim=-2)
+            self.values = torch.cat([*values, value_states], dim=-2)
+            return self.keys, self.values
+        return super().update(key_states, value_states, *args, **kwargs)
+
+    def get_seq_length(self) -> int:
+        return self._pending_len if self._pending is not None else super().get_seq_length()
+
+
+def seeded_cache(config, pieces: list[torch.Tensor], layer_devices: list[torch.device]) -> DynamicCache:
+    """A DynamicCache holding a cached prefix (:meth:`~qwen_core.prefix_cache.PrefixCache.match`'s
+    pieces; none: an empty cache); the first forward fed into it copies the prefix once."""
+    cache = DynamicCache(config=config)
+    if pieces:
+        for i, device in enumerate(layer_devices):
+            keys, values = layer_pieces(pieces, i)
+            cache.layers[i] = _SeededLayer(keys, values, device)
+    return cache

@@ -7,9 +7,11 @@ looks up its longest cached prefix and only the rest is prefilled.
 
 Storage: a radix tree (one per dynamic-NTK alpha) whose nodes hold a run of token ids
 and their K/V as one tensor ``[layers, 2, heads, run, head_dim]``; shared prefixes (a
-persona, the earlier turns of a chat) are stored once. Inserting splits a node where
-two sequences part (both halves are copied, so no view pins a larger buffer) and
-copies only the tokens the tree does not hold yet.
+persona, the earlier turns of a chat) are stored once. Inserting copies only the tokens
+the tree does not hold yet, and splits a node only where two sequences part; the two
+halves of a split stay views of the node's buffer (no copy while a reply waits), and
+the survivors are copied out only when eviction drops a view of a shared buffer, so
+the bytes counted are the bytes held.
 
 Exactness: Qwen-1 rotates keys with an NTK alpha fixed by the whole prompt's length
 (:func:`qwen_core.modeling.ntk_alpha`), so K/V computed under one alpha are only right
@@ -18,9 +20,12 @@ only in its own alpha's tree (inside the trained context that is always alpha 1;
 beyond it, a turn whose prompt crossed into a new alpha finds nothing and is
 recomputed, as the original would). LogN scales queries only, never the cached K/V.
 
-Copy-on-use: :meth:`PrefixCache.match` returns fresh tensors; the batch may pad,
-concatenate and grow them, never touching the tree. Eviction: least recently used
-leaves first, until the tree fits ``capacity_bytes``.
+Read-only sharing: the tree never writes into a node's tensor (a split makes views, an
+eviction drops references, a compaction replaces a node's tensor by a copy), so
+:meth:`PrefixCache.match` hands out views without copying, and the one copy a reply
+needs is made where its cache is built (the first forward's concatenation, or the
+static cache's fill). Eviction: least recently used leaves first, until the tree fits
+``capacity_bytes``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ MIN_REUSE_SHARE = 0.25
 class _Node:
     """A run of token ids (the edge from its parent) and their K/V."""
 
-    __slots__ = ("children", "kv", "parent", "tokens", "used")
+    __slots__ = ("children", "kv", "parent", "sharing", "tokens", "used")
 
     def __init__(self, tokens: tuple[int, ...], kv: torch.Tensor | None, parent: _Node | None, used: int):
         self.tokens = tokens
@@ -54,6 +59,7 @@ class _Node:
         self.children: dict[int, _Node] = {}
         self.parent = parent
         self.used = used  # LRU stamp
+        self.sharing: set[_Node] = {self}  # the nodes whose ``kv`` are views of one buffer (splits)
 
     @property
     def nbytes(self) -> int:
@@ -88,15 +94,14 @@ class PrefixCache:
         return self.capacity_bytes > 0
 
     # --- lookup ---------------------------------------------------------------
-    def match(
-        self, ids: Sequence[int], alpha: float, limit: int
-    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def match(self, ids: Sequence[int], alpha: float, limit: int) -> tuple[int, list[torch.Tensor]]:
         """The longest cached prefix of ``ids[:limit]`` computed under ``alpha``, when it is at
         least :data:`MIN_REUSE_SHARE` of ``ids`` (a miss otherwise).
 
-        Returns (its length, per layer (keys, values) ``[1, heads, length, head_dim]``, fresh
-        copies the caller owns); (0, []) on a miss. Counts the lookup in :meth:`stats`: the
-        caller prefills ``len(ids) - length`` tokens.
+        Returns (its length, its K/V as consecutive pieces ``[layers, 2, heads, run, head_dim]``
+        whose runs add up to that length); (0, []) on a miss. The pieces are views of the
+        tree's tensors, not copies: read them (:func:`layer_pieces`), never write into them.
+        Counts the lookup in :meth:`stats`: the caller prefills ``len(ids) - length`` tokens.
         """
         with self._lock:
             pieces: list[torch.Tensor] = []
@@ -124,9 +129,7 @@ class PrefixCache:
             self.tokens_prefilled += len(ids) - pos
             if not pos:
                 return 0, []
-            # One copy: the batch owns what it gets (torch.cat always allocates).
-            kv = torch.cat(pieces, dim=3) if len(pieces) > 1 else pieces[0].clone()
-        return pos, [(kv[layer, 0][None], kv[layer, 1][None]) for layer in range(kv.shape[0])]
+        return pos, pieces
 
     # --- storing --------------------------------------------------------------
     def insert(self, ids: Sequence[int], alpha: float, kv_of: Callable[[int, int], torch.Tensor]) -> None:
@@ -152,6 +155,11 @@ class PrefixCache:
                     break
                 take = _common(child.tokens, ids[pos:])
                 if take < len(child.tokens):
+                    if pos + take == len(ids):  # ends inside this run (a regenerate): all held already
+                        child.used = stamp
+                        for parent in path:
+                            parent.used = stamp
+                        return
                     child = self._split(child, take)
                 child.used = stamp
                 node, pos = child, pos + take
@@ -168,13 +176,30 @@ class PrefixCache:
             self.entries += 1
 
     def _split(self, node: _Node, at: int) -> _Node:
-        """Cut ``node`` after ``at`` tokens; returns the new upper half (its parent's child now)."""
-        upper = _Node(node.tokens[:at], node.kv[:, :, :, :at].clone(), node.parent, node.used)
+        """Cut ``node`` after ``at`` tokens; returns the new upper half (its parent's child now).
+
+        Both halves are views of ``node``'s buffer: nothing is copied while a reply waits for
+        its first token. They share it (``sharing``) until eviction drops one (:meth:`_drop`)."""
+        upper = _Node(node.tokens[:at], node.kv[:, :, :, :at], node.parent, node.used)
         node.parent.children[node.tokens[0]] = upper
-        node.tokens, node.kv, node.parent = node.tokens[at:], node.kv[:, :, :, at:].clone(), upper
+        node.tokens, node.kv, node.parent = node.tokens[at:], node.kv[:, :, :, at:], upper
         upper.children[node.tokens[0]] = node
+        upper.sharing = node.sharing
+        upper.sharing.add(upper)
         self.entries += 1
         return upper
+
+    def _drop(self, victim: _Node) -> None:
+        """Remove the leaf ``victim``. Nodes still viewing its buffer get their own copy, so the
+        buffer is really freed and :attr:`bytes` stays what the tree holds."""
+        del victim.parent.children[victim.tokens[0]]
+        self.bytes -= victim.nbytes
+        self.entries -= 1
+        victim.sharing.discard(victim)
+        for survivor in victim.sharing:
+            survivor.kv = survivor.kv.clone()  # a new tensor, never a write into the shared one
+            survivor.sharing = {survivor}
+        victim.sharing = {victim}
 
     def _make_room(self, size: int, protect: set[int]) -> bool:
         """Drop least recently used leaves (never a node in ``protect``) until ``size`` more bytes fit."""
@@ -187,9 +212,7 @@ class PrefixCache:
             if id(victim) in protect:
                 continue
             parent = victim.parent
-            del parent.children[victim.tokens[0]]
-            self.bytes -= victim.nbytes
-            self.entries -= 1
+            self._drop(victim)
             if not parent.children and parent.parent is not None:  # the parent is a leaf now
                 heapq.heappush(heap, (parent.used, id(parent), parent))
         return self.bytes + size <= self.capacity_bytes
@@ -227,6 +250,12 @@ class PrefixCache:
                 "capacity_bytes": self.capacity_bytes,
                 "entries": self.entries,
             }
+
+
+def layer_pieces(pieces: Sequence[torch.Tensor], layer: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One layer's keys and values of :meth:`PrefixCache.match`'s pieces, each ``[1, heads, run, head_dim]``
+    (views: concatenate or copy them, never write into them)."""
+    return [p[layer, 0][None] for p in pieces], [p[layer, 1][None] for p in pieces]
 
 
 def default_capacity_bytes(device: str | torch.device) -> int:

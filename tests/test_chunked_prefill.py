@@ -11,6 +11,7 @@ per-request ``generate`` reference.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from reference_qwen1 import ReferenceQwen1
 from transformers import DynamicCache
 
 from qwen_core import load_engine
+from qwen_core.batching import BURST_WINDOW_S
 
 TOL = 1e-3
 
@@ -89,7 +91,8 @@ def test_a_long_prompt_joining_a_running_batch_is_prefilled_in_chunks_and_exact(
     chunks = engine.batcher.stats()["prefill_chunks"]
     reused = engine.batcher.stats()["prefix_cache"]["tokens_reused"]
     runner = engine.stream_chat(running_q, max_new_tokens=120, do_sample=False)
-    next(runner)  # decoding now: the next prompt joins a running batch
+    next(runner)  # decoding now: the next prompt joins a running batch ...
+    time.sleep(BURST_WINDOW_S + 0.05)  # ... not sent together with it (that is a burst, below)
     got_joining = _tokens(engine, joining_q, history, max_new_tokens=16, **sampled)
     runner.text()
     assert runner.result.token_ids == want_running
@@ -121,6 +124,27 @@ def test_prompts_arriving_together_are_prefilled_whole_first_come_first_served(p
         assert stream.result.token_ids == expected
     assert len(engine.build_prompt(queries[0], [])) > 6 * 5  # long enough to be cut into chunks
     assert engine.batcher.stats()["prefill_chunks"] == chunks, "a burst's prompts were chunked"
+
+
+def test_a_prompt_sent_with_one_already_answering_is_part_of_its_burst(pair):
+    """Over HTTP a burst reaches the worker spread out: on a fast prefill the first reply is
+    already answering when the next prompt arrives. Sent within BURST_WINDOW_S of it, that
+    prompt is prefilled whole (no chunks, no decode steps owed), and both replies stay exact."""
+    engine, alone = pair["chunked"], pair["alone"]
+    first_q, second_q = "Hello there", "Question: " + "tell me about the northern lights and the sea, " * 4
+    want = [_tokens(alone, q, max_new_tokens=30, do_sample=False) for q in (first_q, second_q)]
+    chunks = engine.batcher.stats()["prefill_chunks"]
+    started = time.perf_counter()
+    first = engine.stream_chat(first_q, max_new_tokens=30, do_sample=False)
+    next(first)  # answering
+    if time.perf_counter() - started > BURST_WINDOW_S / 2:
+        pytest.skip("this machine is too loaded to send two prompts inside one burst window")
+    second = engine.stream_chat(second_q, max_new_tokens=30, do_sample=False)
+    for stream, expected in zip((first, second), want, strict=True):
+        stream.text()
+        assert stream.result.token_ids == expected
+    assert len(engine.build_prompt(second_q, [])) > 6 * 5  # long enough to be cut into chunks
+    assert engine.batcher.stats()["prefill_chunks"] == chunks, "a prompt of the same burst was chunked"
 
 
 def test_a_cancelled_prompt_leaves_the_prefill_queue(pair):

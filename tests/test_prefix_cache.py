@@ -242,6 +242,68 @@ def test_the_byte_bound_holds_and_the_least_recently_used_goes_first():
     assert cache.bytes - used == 10 * per_token and cache.entries == 4  # a, c's two halves, the branch
 
 
+def _held_bytes(cache: PrefixCache) -> int:
+    """The bytes the tree's tensors really keep alive (views of one buffer count it once)."""
+    storages = {}
+    for node in cache._nodes():
+        if node.kv is not None:
+            storage = node.kv.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def test_splits_share_their_buffer_and_eviction_frees_what_it_counts():
+    """A split copies nothing (a reply waits on it); the halves view one buffer. When eviction
+    drops a half, the survivor gets its own copy, so the counted bytes are the held bytes."""
+    per_token = 2 * 2 * 4 * 16 * 4
+    cache = PrefixCache(capacity_bytes=per_token * 100)
+
+    def kv(seed: int):
+        return lambda a, b: torch.randn(2, 2, 4, b - a, 16, generator=torch.Generator().manual_seed(seed + a))
+
+    a = list(range(60))
+    cache.insert(a, 1.0, kv(0))
+    whole = next(n for n in cache._nodes() if n.kv is not None).kv.clone()
+    cache.insert(a[:30] + [9000 + i for i in range(20)], 1.0, kv(1))  # parts from "a" after 30 tokens
+    assert cache.entries == 3 and cache.bytes == 80 * per_token == _held_bytes(cache)  # a's halves: one buffer
+    length, pieces = cache.match(a + [1], 1.0, limit=60)
+    assert length == 60 and torch.equal(torch.cat(pieces, dim=3), whole)  # the same K/V, read through views
+    cache.insert([7000 + i for i in range(50)], 1.0, kv(2))  # 130 tokens > 100: least recently used leaves go
+    assert cache.bytes <= cache.capacity_bytes and cache.bytes == _held_bytes(cache)
+    length, pieces = cache.match(a + [1], 1.0, limit=60)
+    if length:  # whatever survived of "a" is still its K/V
+        assert torch.equal(torch.cat(pieces, dim=3), whole[:, :, :, :length])
+
+
+def test_a_prompt_already_held_inside_a_run_stores_nothing_and_splits_nothing():
+    """Regenerate: the prompt ends inside the run that holds prompt + reply; nothing to store."""
+    per_token = 2 * 2 * 4 * 16 * 4
+    cache = PrefixCache(capacity_bytes=per_token * 100)
+    calls = []
+
+    def kv(a, b):
+        calls.append((a, b))
+        return torch.zeros(2, 2, 4, b - a, 16)
+
+    cache.insert(list(range(50)), 1.0, kv)
+    calls.clear()
+    cache.insert(list(range(30)), 1.0, kv)
+    assert calls == [] and cache.entries == 1 and cache.bytes == 50 * per_token
+
+
+def test_match_hands_out_views_and_the_batch_never_writes_into_them(short):
+    """No copy at lookup: the pieces are the tree's own tensors (the reply's first forward copies
+    them once, concatenating them with its new keys)."""
+    cached = short["cached"]
+    _reply(cached, "Views, not copies", [], max_new_tokens=6, do_sample=False)
+    tree = cached.batcher.prefix
+    ids = cached.build_prompt("Views, not copies", [])
+    length, pieces = tree.match(ids, 1.0, limit=len(ids) - 1)
+    assert length == len(ids) - 1
+    owned = {n.kv.untyped_storage().data_ptr() for n in tree._nodes() if n.kv is not None}
+    assert all(p.untyped_storage().data_ptr() in owned for p in pieces)
+
+
 def test_a_small_bound_holds_through_real_chats_and_replies_stay_exact(ckpt_dir, short):
     small = load_engine(str(ckpt_dir), device="cpu", max_batch=4, prefix_cache_mb=0.05)  # ~50 tokens' K/V
     history: list[tuple[str, str]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -11,7 +12,7 @@ from qwen_core.manager import ModelManager, ModelSpec
 from ui import ASSETS
 from ui.conversations import ConversationError, export_json, parse_import, to_markdown, to_model_history
 from ui.personas import PersonaError, PersonaStore
-from ui.service import ChatInputError, ChatService, Limits, empty_store
+from ui.service import EARLY_UPDATE_AFTER_S, ChatInputError, ChatService, Limits, empty_store
 
 GREEDY = {"do_sample": False, "max_new_tokens": 12}
 
@@ -308,8 +309,8 @@ def test_model_switch_keeps_previous_on_failure(engine, ckpt_dir):
 def test_busy_session_refuses_a_second_reply_and_stop_commits_the_partial_one(service):
     store = service.add_user_message(empty_store(), "long please")
     gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "busy")
-    next(gen)  # accepted (prefilling)
-    next(gen)  # its first token
+    next(gen)  # streaming (the first token; or, on a slow machine, "accepted" before it)
+    next(gen)
     assert service.is_busy("busy") and not service.is_busy("someone-else")
     other = service.add_user_message(empty_store(), "meanwhile")
     with pytest.raises(ChatInputError, match="still being generated"):
@@ -322,22 +323,45 @@ def test_busy_session_refuses_a_second_reply_and_stop_commits_the_partial_one(se
     assert reply["role"] == "assistant" and reply["content"] and reply.get("stopped")
 
 
-def test_stop_before_the_first_token_is_offered_at_once_and_keeps_no_empty_reply(service):
-    """The first update comes as soon as the reply is accepted, before any token (a long prompt
-    prefills for seconds on a CPU): the page shows Stop from then on. Stopped there, the chat
-    keeps the user's message and no empty reply."""
+def test_stop_before_the_first_token_is_offered_at_once_and_keeps_no_empty_reply(service, manager):
+    """A first token slower than EARLY_UPDATE_AFTER_S (a long prompt prefills for seconds on a CPU)
+    gets an update before it: the page shows Stop from then on. Stopped there, the chat keeps the
+    user's message and no empty reply."""
+    release = threading.Event()
+    # The decode worker runs this job first: the prompt waits, as a long prefill would make it.
+    holder = threading.Thread(target=manager.engine.batcher.run_exclusive, args=(lambda: release.wait(30),))
+    holder.start()
     store = service.add_user_message(empty_store(), "A question " * 40)
     gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "early")
-    _, stats = next(gen)
-    assert stats.waiting and stats.tokens == 0 and stats.ttft_s is None
-    assert service.is_busy("early")
-    service.cancel("early")
-    gen.close()  # what Gradio does to the cancelled event
+    try:
+        started = time.monotonic()
+        _, stats = next(gen)
+        assert stats.waiting and stats.tokens == 0 and stats.ttft_s is None
+        assert time.monotonic() - started >= EARLY_UPDATE_AFTER_S * 0.9
+        assert service.is_busy("early")
+        service.cancel("early")
+        gen.close()  # what Gradio does to the cancelled event
+    finally:
+        release.set()
+        holder.join(30)
     saved = service.wait_idle("early", timeout=30)
     assert [m["role"] for m in service.active(saved)["messages"]] == ["user"]
     _, stats = _reply(service, saved, session="early")  # the question is answered on the next try
     assert stats.finish_reason in ("length", "stop") and not stats.waiting
     assert [m["role"] for m in service.active(saved)["messages"]] == ["user", "assistant"]
+
+
+def test_a_quick_first_token_comes_without_an_update_before_it(service):
+    """Within EARLY_UPDATE_AFTER_S the first update already carries text: the page is not sent
+    (and does not render) the chat once more before the token it waits for."""
+    store = service.add_user_message(empty_store(), "Hi")
+    updates = list(service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4}, "quick"))
+    first = updates[0][1]
+    if first.waiting:  # the tiny model's first token took longer than the grace: a very loaded machine
+        assert first.ttft_s is None
+        pytest.skip("the first token was slower than EARLY_UPDATE_AFTER_S on this machine")
+    assert first.tokens >= 1 and first.ttft_s is not None
+    assert all(not stats.waiting for _, stats in updates)
 
 
 def test_persona_example_dialogue_leads_the_history(service, engine):
@@ -382,8 +406,18 @@ def test_the_page_gets_stop_before_the_first_token(manager, personas):
     h = Handlers(ChatService(manager, personas))
     store = h.service.add_user_message(h.service.ensure_store(None), "Hello")
     request = gr.Request(username=None, session_hash="early-stop", client=SimpleNamespace(host="10.0.0.2"))
-    outputs = list(h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request))
-    first, last = outputs[0], outputs[-1]
+    release = threading.Event()
+    # The worker is busy with this job first, so the first token is slower than EARLY_UPDATE_AFTER_S.
+    holder = threading.Thread(target=manager.engine.batcher.run_exclusive, args=(lambda: release.wait(30),))
+    holder.start()
+    events = h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request)
+    try:
+        first = next(events)
+    finally:
+        release.set()
+        holder.join(30)
+    outputs = [first, *events]
+    last = outputs[-1]
     assert first[0] == gr.skip()  # the store goes at the end
     assert [m["role"] for m in first[1]] == ["user"]  # the chat as the user left it: no empty reply
     assert first[3]["interactive"] is True and first[3]["visible"] is True  # Stop

@@ -32,6 +32,11 @@ from .personas import PersonaStore
 from .store_edits import ChatInputError, StoreEdits, empty_store
 from .tool_loop import StepCancels, ToolSet, run_tool_reply
 
+# The page shows Stop before the first token only when that token is slower than this (a long
+# prompt prefilling): below it, the extra update would only delay the token on the page, and a
+# fifth of a second without a Stop button is not something a user can act on.
+EARLY_UPDATE_AFTER_S = 0.2
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -230,12 +235,16 @@ class ChatService(StoreEdits):
         stats = ReplyStats(prompt_tokens=stream.result.prompt_tokens, seed=stream.result.seed)
         started = time.perf_counter()
         try:
-            # Once before the first token: the prompt may take long to prefill (seconds on a CPU,
-            # minutes for a long chat without the cache), and the page shows Stop from here on,
-            # not from the first token. (The model is already at work: this costs it nothing.)
-            stats.waiting = True
-            yield store, stats
-            stats.waiting = False
+            # Once before the first token, if it is slow to come: the prompt may take long to
+            # prefill (seconds on a CPU, minutes for a long chat without the cache), and the page
+            # shows Stop from then on. A first token that comes within EARLY_UPDATE_AFTER_S makes
+            # it needless: skipped, its update (the chat sent and rendered once more) does not
+            # delay that token on the page.
+            first_in = getattr(stream, "wait_started", None)
+            if first_in is None or not first_in(EARLY_UPDATE_AFTER_S):
+                stats.waiting = True
+                yield store, stats
+                stats.waiting = False
             for piece in coalesced(stream, self.limits.updates_per_second):
                 reply["content"] += piece
                 stats.tokens = stream.tokens_so_far

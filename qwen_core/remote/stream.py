@@ -54,6 +54,7 @@ class _Channel:
     def __init__(self):
         self.items: queue.SimpleQueue = queue.SimpleQueue()
         self.abandoned = threading.Event()
+        self.started = threading.Event()  # the first text, the end or an error is in ``items``
         self.received = 0  # text chunks received from the server
         self.delivered = 0  # text pieces handed to the consumer's queue
         self.usage: dict | None = None
@@ -86,6 +87,7 @@ class _Channel:
         if text:
             self.delivered += 1
             self.items.put(("text", text))
+            self.started.set()
 
 
 def _shutdown(sock: socket.socket | None) -> None:
@@ -145,6 +147,10 @@ class RemoteReplyStream(Iterator[str]):
                 raise StopIteration
             self._finish("error")
             raise value
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first text (or the end); True once it is there."""
+        return self._chan.started.wait(timeout)
 
     def ready_pieces(self) -> list[str]:
         """The text already received, taken without waiting (see :func:`qwen_core.text.coalesced`)."""
@@ -248,8 +254,10 @@ def _worker(pool: EndpointPool, req: _Request, chan: _Channel) -> None:
                 attempts.append((ep.url, str(exc)))
         if not chan.abandoned.is_set():
             chan.items.put(("error", pool.unavailable(attempts)))
+            chan.started.set()
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         chan.items.put(("error", exc))
+        chan.started.set()
 
 
 def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> None:
@@ -355,3 +363,4 @@ def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> N
     if mapped is None and finish in ("abort", "error", "cancelled"):
         raise GenerationError(f"{ep.url} ended the reply with '{finish}' (the server aborted it). Send it again.")
     chan.items.put(("end", mapped or "stop"))
+    chan.started.set()
