@@ -463,7 +463,10 @@ class Batcher:
             for r in rows:
                 r.cached += 1
             live = [i for i, r in enumerate(rows) if not r.cancel.is_set()]
-            over = self._take_all([rows[i] for i in live], logits[live])
+            if len(live) == len(rows):  # the usual step: no copy of the logits
+                over = self._take_all(rows, logits)
+            else:
+                over = self._take_all([rows[i] for i in live], logits[live])
             ended = sorted(set(range(len(rows))) - set(live) | {i for i, o in zip(live, over, strict=True) if o})
         except BaseException as exc:  # every reply in the batch gets the error
             log.debug("decode step failed", exc_info=True)

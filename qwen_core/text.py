@@ -43,17 +43,23 @@ def coalesced(stream: Iterator[str], max_per_second: float = 0.0) -> Iterator[st
     fewer, larger items instead of falling further behind with every token. With
     ``max_per_second`` the items are also paced: after an item, the next waits until
     ``1 / max_per_second`` has passed and takes everything generated meanwhile (the first
-    item never waits). A browser update costs the server more than a small model's token and
+    item never waits, nor the last once the stream's ``worker_ended`` event is set). A browser update costs the server more than a small model's token and
     nobody reads 90 updates a second; at 25 the text still appears to flow.
     """
     ready = getattr(stream, "ready_pieces", None)
+    # A reply that ends during the wait is shown at once: the pacing is for a flowing text, and
+    # holding the reply's end back a whole interval only delays it (and the Send button).
+    ended = getattr(stream, "worker_ended", None)
     interval = 1.0 / max_per_second if max_per_second > 0 else 0.0
     last = None
     for piece in stream:
         if interval and last is not None:
             wait = last + interval - time.monotonic()
             if wait > 0:
-                time.sleep(wait)
+                if ended is not None:
+                    ended.wait(wait)
+                else:
+                    time.sleep(wait)
         more = ready() if ready is not None else None
         last = time.monotonic()
         yield piece + "".join(more) if more else piece

@@ -271,6 +271,20 @@ def test_coalescing_keeps_pace_with_a_fast_consumer_and_stops(engine):
     assert stream.result.completion_tokens < 40
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_end_of_a_paced_reply_is_not_held_back(engine, ckpt_dir, batched):
+    """A reply that ends while its next paced item waits is shown at once, not an interval later."""
+    from qwen_core.text import coalesced
+
+    source = engine if batched else load_engine(str(ckpt_dir), device="cpu", max_batch=0)
+    kw = dict(do_sample=False, max_new_tokens=30)
+    stream = source.stream_chat("Write a poem about the sea.", **kw)
+    started = time.monotonic()
+    items = list(coalesced(stream, max_per_second=0.2))  # one item per 5 s
+    assert time.monotonic() - started < 4.0  # the 30 tokens took far less than the 5 s interval
+    assert len(items) == 2 and "".join(items) == stream.result.text  # the first token, then the rest
+
+
 def test_paced_items_come_at_most_at_the_rate_asked_and_lose_nothing(engine):
     from qwen_core.text import coalesced
 
@@ -280,7 +294,7 @@ def test_paced_items_come_at_most_at_the_rate_asked_and_lose_nothing(engine):
     for item in coalesced(stream, max_per_second=4):
         stamps.append(time.monotonic())
         items.append(item)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)][:-1]  # (the last comes once the reply ended)
     assert gaps and min(gaps) >= 0.249  # never two updates within 1/4 s
     assert len(items) < stream.result.completion_tokens  # so several tokens per update
     assert "".join(items) == stream.result.text == engine.stream_chat("Write a poem about the sea.", **kw).text()
