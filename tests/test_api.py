@@ -251,8 +251,15 @@ def test_queued_requests_hold_no_threads_and_do_not_stall_a_running_stream(engin
     srv = RouterApp(engine, ckpt_dir, concurrency=1, max_queue=64)
     try:
         c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=30)
+        # Long enough to hold the slot while 45 clients queue up on a loaded machine (40 tokens took ~1 s
+        # here, about as long as the queueing: a race CI lost once).
         stream = c.chat.completions.create(
-            model=srv.model, messages=[{"role": "user", "content": "go"}], stream=True, temperature=0, max_tokens=40
+            model=srv.model,
+            messages=[{"role": "user", "content": "go"}],
+            stream=True,
+            temperature=0,
+            max_tokens=1000,
+            extra_body={"ignore_eos": True},
         )
         chunks = iter(stream)
         next(chunks)  # running: it holds the only slot
