@@ -22,11 +22,7 @@ from pathlib import Path
 
 import psutil
 from _clients import GradioQueue, Trace, stream_v1
-from _common import CACHE, checkpoint, write_results
-
-# Converted GGUF files (--precision int8/int4 on CPU), shared by the engine run and the app's
-# throw-away data dir, so the 1.8B conversion (~3.5 min) happens once, not per process.
-DATA = CACHE / "data"
+from _common import DATA, checkpoint, write_results
 
 SYSTEM = "You are a helpful assistant."
 
@@ -125,6 +121,7 @@ def main() -> None:
             wire["engine alone"] = engine_trace(engine, wire_prompt, wire_gen)[0]
         engine.unload()
     with tempfile.TemporaryDirectory(prefix="qwen-bench-") as tmp:
+        # The app gets a throw-away data dir that shares the benches' converted GGUF files.
         (DATA / "gguf").mkdir(parents=True, exist_ok=True)
         (Path(tmp) / "gguf").symlink_to((DATA / "gguf").resolve(), target_is_directory=True)
         app = AppProcess(

@@ -21,10 +21,9 @@ import subprocess
 import sys
 import time
 
-from _common import CACHE, checkpoint, machine, measure_bandwidth, param_count, shapes, write_results
+from _common import DATA, checkpoint, machine, measure_bandwidth, param_count, shapes, write_results
 
 PEERS = ["ours fp32", "ours llama.cpp Q8_0", "ours llama.cpp Q4_K_M", "llama.cpp Q8_0", "llama.cpp Q4_K_M", "hf fp32"]
-DATA = CACHE / "data"  # the converted GGUF files (as under the app's DATA/gguf)
 FILLER = "The quick brown fox jumps over the lazy dog near the river bank. "
 
 

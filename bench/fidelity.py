@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, checkpoint, shapes, write_results
+from _common import CACHE, DATA, checkpoint, shapes, write_results
 
 QUESTIONS = [
     "What is the capital of France?", "Explain photosynthesis in one sentence.", "Write a haiku about rain.",
@@ -89,7 +89,7 @@ def _fast_logits(folder: Path, precision: str, prompts: list[list[int]], threads
     """Next-token logits of our llama.cpp engine (GGUF converted and cached on first use)."""
     from qwen_core import load_engine
 
-    engine = load_engine(str(folder), precision, "cpu", data_dir=CACHE / "data", cpu_threads=threads)
+    engine = load_engine(str(folder), precision, "cpu", data_dir=DATA, cpu_threads=threads)
     try:
         return [engine.next_token_logits(ids) for ids in prompts]
     finally:
