@@ -22,6 +22,7 @@ from qwen_core import load_engine
 from qwen_core.batching import BURST_WINDOW_S
 
 TOL = 1e-3
+RUNNER_TOKENS = 6000  # a running reply's budget: far more than it decodes while a prompt joins
 
 
 def _chunked_logits(model, ids: list[int], chunk: int, whole_prompt_alpha: bool = True) -> torch.Tensor:
@@ -86,16 +87,20 @@ def test_a_long_prompt_joining_a_running_batch_is_prefilled_in_chunks_and_exact(
     joining_q = "Summarise this: " + "the quick brown fox jumps over the lazy dog, " * 6
     history = [("Hello", "Hi! How can I help?")]
     sampled = dict(do_sample=True, seed=13, top_k=5, temperature=0.9)
-    want_running = _tokens(alone, running_q, max_new_tokens=120, do_sample=False)
     want_joining = _tokens(alone, joining_q, history, max_new_tokens=16, **sampled)
     chunks = engine.batcher.stats()["prefill_chunks"]
     reused = engine.batcher.stats()["prefix_cache"]["tokens_reused"]
-    runner = engine.stream_chat(running_q, max_new_tokens=120, do_sample=False)
+    # The running reply cannot end by itself while the joining prompt is fed (no stop token,
+    # more tokens than any machine decodes meanwhile): it is cancelled after, so the premise
+    # holds on a fast machine too (120 greedy tokens once ended within the 0.3 s wait below).
+    runner = engine.stream_chat(running_q, max_new_tokens=RUNNER_TOKENS, do_sample=False, ignore_eos=True)
     next(runner)  # decoding now: the next prompt joins a running batch ...
     time.sleep(BURST_WINDOW_S + 0.05)  # ... not sent together with it (that is a burst, below)
     got_joining = _tokens(engine, joining_q, history, max_new_tokens=16, **sampled)
-    runner.text()
-    assert runner.result.token_ids == want_running
+    runner.close()
+    assert runner.result.finish_reason == "cancelled", "the running reply ended before the prompt joined"
+    ran = runner.result.token_ids
+    assert ran == _tokens(alone, running_q, max_new_tokens=len(ran), do_sample=False, ignore_eos=True)
     assert got_joining == want_joining
     stats = engine.batcher.stats()
     fed = len(engine.build_prompt(joining_q, history)) - (stats["prefix_cache"]["tokens_reused"] - reused)
