@@ -36,6 +36,11 @@ def client(app):
     return openai.OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+def _readyz(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
+        return json.loads(r.read())
+
+
 def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=body, headers={"content-type": "application/json", **(headers or {})})
     try:
@@ -188,13 +193,21 @@ def test_full_queue_answers_429(ckpt_dir, tmp_path):
     try:
         c = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="x", max_retries=0, timeout=60)
         long = dict(
-            messages=[{"role": "user", "content": "long"}], stream=True, temperature=0, max_tokens=5000, model=MODEL
+            messages=[{"role": "user", "content": "long"}],
+            stream=True,
+            temperature=0,
+            max_tokens=6000,
+            model=MODEL,
+            extra_body={"ignore_eos": True},  # holds the slot until closed, on any machine
         )
         first = c.chat.completions.create(**long)
         next(iter(first))  # running
         waiting = threading.Thread(target=lambda: list(c.chat.completions.create(**{**long, "max_tokens": 2})))
         waiting.start()
-        time.sleep(1.0)  # now queued
+        deadline = time.time() + 30
+        while _readyz(proc.url)["scheduler"]["waiting"] < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert _readyz(proc.url)["scheduler"] == {"active": 1, "waiting": 1, "max_concurrent": 1}  # now queued
         with pytest.raises(openai.RateLimitError) as err:
             c.chat.completions.create(messages=[{"role": "user", "content": "x"}], max_tokens=2, model=MODEL)
         assert "busy" in str(err.value)
@@ -251,14 +264,14 @@ def test_queued_requests_hold_no_threads_and_do_not_stall_a_running_stream(engin
     srv = RouterApp(engine, ckpt_dir, concurrency=1, max_queue=64)
     try:
         c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=30)
-        # Long enough to hold the slot while 45 clients queue up on a loaded machine (40 tokens took ~1 s
-        # here, about as long as the queueing: a race CI lost once).
+        # Long enough to hold the slot while 45 clients queue up, on a loaded machine or a fast one (40
+        # tokens took ~1 s here, about as long as the queueing: a race CI lost once).
         stream = c.chat.completions.create(
             model=srv.model,
             messages=[{"role": "user", "content": "go"}],
             stream=True,
             temperature=0,
-            max_tokens=1000,
+            max_tokens=4000,
             extra_body={"ignore_eos": True},
         )
         chunks = iter(stream)

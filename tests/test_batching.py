@@ -96,8 +96,10 @@ def test_cancelling_one_row_leaves_the_others_running(alone, batched):
     keeper = batched.stream_chat("Keep talking", max_new_tokens=50, do_sample=False)
     next(victim)
     next(keeper)
+    victim.cancel()
+    at = victim.tokens_so_far
     victim.close()
-    assert victim.result.finish_reason == "cancelled" and victim.result.completion_tokens < 100
+    assert victim.result.finish_reason == "cancelled" and victim.result.completion_tokens <= at + 2
     assert victim.worker_ended.is_set()
     assert next(keeper) is not None
     rest = keeper.text()

@@ -98,8 +98,9 @@ def test_cancel_mid_stream_and_while_queued(compiled):
         pieces.append(piece)
         if len(pieces) == 3:
             stream.cancel()
+            at = stream.tokens_so_far
     assert stream.result.finish_reason == "cancelled"
-    assert stream.result.completion_tokens < 10  # stopped within a token or two, not after 400
+    assert stream.result.completion_tokens <= at + 2  # stopped within a token or two, not after 400
     assert queued.text() == "" and queued.result.finish_reason == "cancelled"  # never ran
     assert compiled.chat("Hello", **GREEDY)  # and the decoder serves on
     assert compiled.batcher.stats()["pending"] == 0

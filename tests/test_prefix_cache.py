@@ -386,7 +386,7 @@ def test_out_of_memory_gives_the_cache_memory_back_and_the_engine_keeps_serving(
 
     handle = engine.model.model.layers[0].mlp.register_forward_hook(oom_when_armed)
     try:
-        stream = engine.stream_chat("Something new", [], max_new_tokens=50, do_sample=False)
+        stream = engine.stream_chat("Something new", [], max_new_tokens=5000, do_sample=False, ignore_eos=True)
         next(stream)
         armed.set()
         with pytest.raises(Exception, match="ran out of memory"):

@@ -329,8 +329,12 @@ def test_stop_before_the_first_token_is_offered_at_once_and_keeps_no_empty_reply
     user's message and no empty reply."""
     release = threading.Event()
     # The decode worker runs this job first: the prompt waits, as a long prefill would make it.
-    holder = threading.Thread(target=manager.engine.batcher.run_exclusive, args=(lambda: release.wait(30),))
+    entered = threading.Event()
+    holder = threading.Thread(
+        target=manager.engine.batcher.run_exclusive, args=(lambda: (entered.set(), release.wait(30)),)
+    )
     holder.start()
+    assert entered.wait(30)
     store = service.add_user_message(empty_store(), "A question " * 40)
     gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "early")
     try:
@@ -408,8 +412,12 @@ def test_the_page_gets_stop_before_the_first_token(manager, personas):
     request = gr.Request(username=None, session_hash="early-stop", client=SimpleNamespace(host="10.0.0.2"))
     release = threading.Event()
     # The worker is busy with this job first, so the first token is slower than EARLY_UPDATE_AFTER_S.
-    holder = threading.Thread(target=manager.engine.batcher.run_exclusive, args=(lambda: release.wait(30),))
+    entered = threading.Event()
+    holder = threading.Thread(
+        target=manager.engine.batcher.run_exclusive, args=(lambda: (entered.set(), release.wait(30)),)
+    )
     holder.start()
+    assert entered.wait(30)
     events = h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request)
     try:
         first = next(events)
