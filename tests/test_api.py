@@ -148,15 +148,12 @@ def test_eight_concurrent_streams_do_not_mix(app, client, engine):
         t.join(180)
     assert not errors and time.time() - started < 180
     assert got == want
-    with urllib.request.urlopen(f"{app.url}/readyz", timeout=10) as r:
-        batch = json.loads(r.read())["batch"]
-    assert batch["max_rows_seen"] == 2  # --concurrency 2: two replies decoded in each batch step
+    assert _readyz(app.url)["batch"]["max_rows_seen"] == 2  # --concurrency 2: two replies decoded in each batch step
 
 
 def test_disconnect_frees_the_slot(app, client):
     def stats():
-        with urllib.request.urlopen(f"{app.url}/readyz", timeout=10) as r:
-            return json.loads(r.read())
+        return _readyz(app.url)
 
     stream = client.chat.completions.create(
         messages=[{"role": "user", "content": "go on forever"}],

@@ -10,13 +10,13 @@ per-request ``generate`` reference.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import torch
 from reference_qwen1 import ReferenceQwen1
 from transformers import DynamicCache
+from worker_hold import worker_held
 
 from qwen_core import load_engine
 from qwen_core.batching import BURST_WINDOW_S
@@ -91,8 +91,8 @@ def test_a_long_prompt_joining_a_running_batch_is_prefilled_in_chunks_and_exact(
     chunks = engine.batcher.stats()["prefill_chunks"]
     reused = engine.batcher.stats()["prefix_cache"]["tokens_reused"]
     # The running reply cannot end by itself while the joining prompt is fed (no stop token,
-    # more tokens than any machine decodes meanwhile): it is cancelled after, so the premise
-    # holds on a fast machine too (120 greedy tokens once ended within the 0.3 s wait below).
+    # more tokens than any machine decodes meanwhile): it is closed after, so the premise holds
+    # on a fast machine too (120 greedy tokens once ended before the prompt below was fed).
     runner = engine.stream_chat(running_q, max_new_tokens=RUNNER_TOKENS, do_sample=False, ignore_eos=True)
     next(runner)  # decoding now: the next prompt joins a running batch ...
     time.sleep(BURST_WINDOW_S + 0.05)  # ... not sent together with it (that is a burst, below)
@@ -117,15 +117,8 @@ def test_prompts_arriving_together_are_prefilled_whole_first_come_first_served(p
     queries = [f"Question {k}: " + "tell me about the northern lights and the sea, " * 4 for k in range(3)]
     want = [_tokens(alone, q, max_new_tokens=8, do_sample=False) for q in queries]
     chunks = engine.batcher.stats()["prefill_chunks"]
-    release = threading.Event()
-    # Hold the worker between turns so all three are queued before any of them is answered.
-    entered = threading.Event()
-    holder = threading.Thread(target=engine.batcher.run_exclusive, args=(lambda: (entered.set(), release.wait(30)),))
-    holder.start()
-    assert entered.wait(30)
-    streams = [engine.stream_chat(q, max_new_tokens=8, do_sample=False) for q in queries]
-    release.set()
-    holder.join(30)
+    with worker_held(engine.batcher):  # all three are queued before any of them is answered
+        streams = [engine.stream_chat(q, max_new_tokens=8, do_sample=False) for q in queries]
     for stream, expected in zip(streams, want, strict=True):
         stream.text()
         assert stream.result.token_ids == expected

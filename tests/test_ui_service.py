@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from worker_hold import worker_held
 
 from qwen_core.manager import ModelManager, ModelSpec
 from ui import ASSETS
@@ -327,17 +328,10 @@ def test_stop_before_the_first_token_is_offered_at_once_and_keeps_no_empty_reply
     """A first token slower than EARLY_UPDATE_AFTER_S (a long prompt prefills for seconds on a CPU)
     gets an update before it: the page shows Stop from then on. Stopped there, the chat keeps the
     user's message and no empty reply."""
-    release = threading.Event()
-    # The decode worker runs this job first: the prompt waits, as a long prefill would make it.
-    entered = threading.Event()
-    holder = threading.Thread(
-        target=manager.engine.batcher.run_exclusive, args=(lambda: (entered.set(), release.wait(30)),)
-    )
-    holder.start()
-    assert entered.wait(30)
-    store = service.add_user_message(empty_store(), "A question " * 40)
-    gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "early")
-    try:
+    # The decode worker is busy first: the prompt waits, as a long prefill would make it.
+    with worker_held(manager.engine.batcher):
+        store = service.add_user_message(empty_store(), "A question " * 40)
+        gen = service.stream_reply(store, "S", {"do_sample": False, "max_new_tokens": 4000}, "early")
         started = time.monotonic()
         _, stats = next(gen)
         assert stats.waiting and stats.tokens == 0 and stats.ttft_s is None
@@ -345,9 +339,6 @@ def test_stop_before_the_first_token_is_offered_at_once_and_keeps_no_empty_reply
         assert service.is_busy("early")
         service.cancel("early")
         gen.close()  # what Gradio does to the cancelled event
-    finally:
-        release.set()
-        holder.join(30)
     saved = service.wait_idle("early", timeout=30)
     assert [m["role"] for m in service.active(saved)["messages"]] == ["user"]
     _, stats = _reply(service, saved, session="early")  # the question is answered on the next try
@@ -410,20 +401,10 @@ def test_the_page_gets_stop_before_the_first_token(manager, personas):
     h = Handlers(ChatService(manager, personas))
     store = h.service.add_user_message(h.service.ensure_store(None), "Hello")
     request = gr.Request(username=None, session_hash="early-stop", client=SimpleNamespace(host="10.0.0.2"))
-    release = threading.Event()
-    # The worker is busy with this job first, so the first token is slower than EARLY_UPDATE_AFTER_S.
-    entered = threading.Event()
-    holder = threading.Thread(
-        target=manager.engine.batcher.run_exclusive, args=(lambda: (entered.set(), release.wait(30)),)
-    )
-    holder.start()
-    assert entered.wait(30)
-    events = h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request)
-    try:
+    # The worker is busy first, so the first token is slower than EARLY_UPDATE_AFTER_S.
+    with worker_held(manager.engine.batcher):
+        events = h.respond(store, "S", False, "[]", 0, 0.8, 0, 1.0, 6, -1, 256, request)
         first = next(events)
-    finally:
-        release.set()
-        holder.join(30)
     outputs = [first, *events]
     last = outputs[-1]
     assert first[0] == gr.skip()  # the store goes at the end
