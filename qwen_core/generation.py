@@ -194,7 +194,9 @@ class ReplyStream(Iterator[str]):
             raise friendly from error
         if streamer.stopped_on is not None or self._sampler.finished:
             res.finish_reason = "stop"  # a stop token, or the constraint's text is complete
-        elif self.cancel_event.is_set():
+        elif self.cancel_event.is_set() and res.completion_tokens < self._max_new:
+            # A cancel that came after the budget ran out (Stop, or close() before the end was read)
+            # cut nothing: the reply is whole, so it ended by length.
             res.finish_reason = "cancelled"
         else:
             res.finish_reason = "length"  # max_new_tokens, or the model's context, ran out

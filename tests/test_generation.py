@@ -97,6 +97,18 @@ def test_cancel_stops_within_a_token(engine):
     assert engine.batcher.stats()["rows"] == 0  # the row left the batch
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_closing_a_reply_that_already_ran_out_reports_length(engine, ckpt_dir, batched):
+    """Stop pressed after the budget ran out (the end not yet read) is not a cancel: the reply is whole."""
+    source = engine if batched else load_engine(str(ckpt_dir), device="cpu", max_batch=0)
+    stream = source.stream_chat("Tell me everything.", do_sample=False, ignore_eos=True, max_new_tokens=6)
+    next(stream)
+    assert stream.worker_ended.wait(timeout=60)
+    stream.close()
+    res = stream.result
+    assert (res.finish_reason, res.completion_tokens) == ("length", 6)
+
+
 def test_external_cancel_event(engine):
     cancel = threading.Event()
     stream = engine.stream_chat("Go on and on.", do_sample=False, max_new_tokens=5000, cancel=cancel)

@@ -294,6 +294,18 @@ def test_close_mid_stream(remote):
     assert time.monotonic() - started < 20
 
 
+def test_closing_a_reply_that_already_arrived_keeps_its_end_and_text(remote):
+    """Stop pressed after the whole reply came (its tail not yet read) cuts nothing, as on the local engine."""
+    whole = remote.stream_chat("Tell me a story", **GREEDY)
+    text = whole.text()
+    stream = remote.stream_chat("Tell me a story", **GREEDY)
+    next(stream)
+    assert stream.worker_ended.wait(timeout=60)
+    stream.close()
+    assert (stream.result.finish_reason, stream.result.text) == (whole.result.finish_reason, text)
+    assert stream.result.completion_tokens == whole.result.completion_tokens
+
+
 def test_a_closed_port_is_skipped_during_its_cool_down_and_checked_again_after(main, ckpt_dir, engine):
     closed = _closed_url()
     eng = load_remote_engine([closed, main.url], tokenizer_dir=ckpt_dir, cooldown=1.5, timeout=30)

@@ -55,6 +55,8 @@ class _Channel:
         self.items: queue.SimpleQueue = queue.SimpleQueue()
         self.abandoned = threading.Event()
         self.started = threading.Event()  # the first text, the end or an error is in ``items``
+        self.done = threading.Event()  # the worker thread has put its last item
+        self.ended: str | None = None  # the server's finish reason, once the whole reply has arrived
         self.received = 0  # text chunks received from the server
         self.delivered = 0  # text pieces handed to the consumer's queue
         self.usage: dict | None = None
@@ -113,6 +115,7 @@ class RemoteReplyStream(Iterator[str]):
         self.result = RemoteReplyResult(prompt_tokens=len(req.ids or ()), seed=req.seed)
         self._want_logprobs = req.settings.logprobs is not None
         self._chan = _Channel()
+        self.worker_ended = self._chan.done  # as the local stream's: set once nothing more will arrive
         self._pieces: list[str] = []
         self._done = False
         self._finish_lock = threading.Lock()  # close() may run in another thread than __next__
@@ -130,7 +133,7 @@ class RemoteReplyStream(Iterator[str]):
         if self._done:
             raise StopIteration
         while True:
-            if self.cancel_event.is_set():
+            if self.cancel_event.is_set() and self._chan.ended is None:
                 self._finish("cancelled")
                 raise StopIteration
             try:
@@ -173,6 +176,10 @@ class RemoteReplyStream(Iterator[str]):
                 return
             self._done = True
         chan, res = self._chan, self.result
+        if reason == "cancelled" and chan.ended is not None:
+            # Stop (or close()) after the whole reply had arrived cut nothing: keep its end and its text.
+            reason = chan.ended
+            self._pieces.extend(_queued_text(chan))
         if reason in ("cancelled", "error"):
             chan.abandon()
         res.finish_reason = reason
@@ -230,6 +237,18 @@ class RemoteReplyStream(Iterator[str]):
         return self.result.text
 
 
+def _queued_text(chan: _Channel) -> list[str]:
+    """The text items still in the channel (a finished reply's unread tail)."""
+    out = []
+    while True:
+        try:
+            kind, value = chan.items.get_nowait()
+        except queue.Empty:
+            return out
+        if kind == "text":
+            out.append(value)
+
+
 def _worker(pool: EndpointPool, req: _Request, chan: _Channel) -> None:
     """Thread body: find an endpoint and stream from it, failing over until text has arrived."""
     try:
@@ -258,6 +277,8 @@ def _worker(pool: EndpointPool, req: _Request, chan: _Channel) -> None:
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         chan.items.put(("error", exc))
         chan.started.set()
+    finally:
+        chan.done.set()
 
 
 def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> None:
@@ -362,5 +383,6 @@ def _serve(pool: EndpointPool, ep: Endpoint, req: _Request, chan: _Channel) -> N
     mapped = _FINISH.get(finish)
     if mapped is None and finish in ("abort", "error", "cancelled"):
         raise GenerationError(f"{ep.url} ended the reply with '{finish}' (the server aborted it). Send it again.")
-    chan.items.put(("end", mapped or "stop"))
+    chan.ended = mapped or "stop"  # before the item: a cancel that sees it knows the reply is whole
+    chan.items.put(("end", chan.ended))
     chan.started.set()

@@ -87,20 +87,27 @@ def test_vllm_computes_the_local_engines_greedy_reply(remote, vllm_engine):
         assert [e.token_id for e in there.result.logprobs] == [e.token_id for e in here.result.logprobs]
 
 
+def _wait_running(server, want: float, timeout: float = 30.0) -> float:
+    """vLLM's running gauge once it reads ``want`` (or at the deadline): the gauge is refreshed from the
+    engine's step stats, so it can lag the tokens already streamed by a step or two."""
+    deadline = time.monotonic() + timeout
+    while (now := server.running()) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
+
+
 def test_stop_cancels_on_vllms_side(remote, vllm_server):
     cancel = threading.Event()
-    stream = remote.stream_chat("Tell me a very long story", cancel=cancel, **LONG)
+    # ignore_eos: the reply cannot end on its own before Stop (a greedy reply may meet EOS early).
+    stream = remote.stream_chat("Tell me a very long story", cancel=cancel, ignore_eos=True, **LONG)
     pieces = []
     for piece in stream:
         pieces.append(piece)
         if len(pieces) == 3:
-            assert vllm_server.running() == 1
+            assert _wait_running(vllm_server, 1) == 1
             cancel.set()
     assert stream.result.finish_reason == "cancelled" and len(pieces) < 100
-    deadline = time.monotonic() + 30
-    while vllm_server.running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert vllm_server.running() == 0  # vLLM aborted it: the 3000-token reply is not running on
+    assert _wait_running(vllm_server, 0) == 0  # vLLM aborted it: the 3000-token reply is not running on
 
 
 def test_failover_from_a_dead_endpoint(vllm_server, vllm_ckpt, remote):
